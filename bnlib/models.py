@@ -1,0 +1,108 @@
+"""Small networks for the chapters, each with a ``norm=`` switch and a placement option.
+
+``norm`` picks the normalization layer placed after each hidden linear or conv layer:
+
+* ``None``: none;
+* ``"bn"``: :class:`bnlib.torch_bn.BatchNorm` (this book's implementation);
+* ``"torch_bn"``: ``torch.nn.BatchNorm1d/2d`` (PyTorch's own, for comparisons).
+
+``placement="before"`` puts BN before the nonlinearity (Linear -> BN -> act, as in the
+paper); ``"after"`` puts it after (Linear -> act -> BN). When BN directly follows a layer,
+that layer's bias is dropped: BN subtracts the mean, so the bias would have no effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from bnlib.torch_bn import BatchNorm
+
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+NORMS = (None, "bn", "torch_bn")
+PLACEMENTS = ("before", "after")
+
+
+def norm_layer(norm: str | None, num_features: int, spatial: bool) -> nn.Module | None:
+    """The normalization layer for ``num_features`` channels (``spatial``: for conv maps)."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm is None:
+        return None
+    if norm == "bn":
+        return BatchNorm(num_features)
+    return nn.BatchNorm2d(num_features) if spatial else nn.BatchNorm1d(num_features)
+
+
+def _block(
+    layer: type[nn.Module], n_in: int, n_out: int, activation: str, norm: str | None,
+    placement: str, spatial: bool, **layer_kw,
+) -> list[nn.Module]:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    bn = norm_layer(norm, n_out, spatial)
+    bias = bn is None or placement == "after"
+    body: list[nn.Module] = [layer(n_in, n_out, bias=bias, **layer_kw)]
+    act = ACTIVATIONS[activation]()
+    if bn is None:
+        return body + [act]
+    return body + ([bn, act] if placement == "before" else [act, bn])
+
+
+def mlp(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    norm: str | None = None,
+    placement: str = "before",
+) -> nn.Sequential:
+    """A fully connected network, ``sizes = [n_in, hidden..., n_out]``.
+
+    Input ``(N, n_in)`` (a ``(N, 28, 28)`` image batch is flattened first); output the logits
+    ``(N, n_out)``. Every hidden layer gets ``norm`` and ``activation``; the output layer
+    gets neither.
+    """
+    if len(sizes) < 2:
+        raise ValueError(f"sizes needs at least an input and an output size, got {sizes}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+        layers += _block(nn.Linear, n_in, n_out, activation, norm, placement, spatial=False)
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
+def cnn(
+    channels: Sequence[int] = (16, 32),
+    num_classes: int = 10,
+    in_channels: int = 1,
+    activation: str = "relu",
+    norm: str | None = None,
+    placement: str = "before",
+) -> nn.Sequential:
+    """A small CNN for 28x28 images: per stage conv3x3 -> norm/act -> 2x2 max-pool.
+
+    Input ``(N, in_channels, 28, 28)`` (or ``(N, 28, 28)``, given a channel axis);
+    output logits ``(N, num_classes)``. Global average pooling feeds the classifier.
+    """
+    layers: list[nn.Module] = [_ImageInput(in_channels)]
+    n_in = in_channels
+    for n_out in channels:
+        layers += _block(nn.Conv2d, n_in, n_out, activation, norm, placement, spatial=True,
+                         kernel_size=3, padding=1)
+        layers.append(nn.MaxPool2d(2))
+        n_in = n_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_in, num_classes)]
+    return nn.Sequential(*layers)
+
+
+class _ImageInput(nn.Module):
+    """Accept ``(N, H, W)`` or ``(N, C, H, W)`` images; add the channel axis when missing."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return x.unsqueeze(1) if x.dim() == 3 else x
