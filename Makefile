@@ -1,0 +1,38 @@
+# The two commands a reader needs: `make book` and `make test`. Both bootstrap .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: book test data budget serve lint clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+data: $(STAMP)  ## make Fashion-MNIST available (verified by SHA-256)
+	$(BIN)/python -m bnlib.data fashion-mnist
+
+book: data  ## build the HTML book, executing every chapter; warnings are errors
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
+test: data  ## unit, property and checker tests, then every notebook through nbval
+	$(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env \
+		-n $(PYTEST_WORKERS) --dist loadscope
+
+budget: $(STAMP)  ## time each notebook and measure its peak memory (2 cores)
+	$(BIN)/python tests/notebook_budget.py --cores 2
+
+serve: ## preview the built book at http://localhost:8000
+	$(BIN)/python -m http.server --directory _build/html 8000
+
+lint: $(STAMP)
+	$(BIN)/ruff check bnlib tests book
+	$(BIN)/nbstripout --verify book/*.ipynb
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis .ruff_cache
