@@ -33,7 +33,10 @@ import numpy as np
 
 from bnlib import reference as ref
 
-__all__ = ["batchnorm_forward", "batchnorm_backward"]
+__all__ = [
+    "batchnorm_forward", "batchnorm_backward", "spatial_batchnorm_forward", "fold_bn_into_conv",
+    "standardize", "running_stats_update", "saturation_fraction", "importance_weights",
+]
 
 # Two fp64 implementations that differ only in rounding agree to ~1e-12; the mistakes in the
 # catalogues differ from the right answer by more than 1e-6 on at least one case.
@@ -613,3 +616,902 @@ def batchnorm_backward(fn: Callable[..., Any]) -> bool:
     mistake otherwise.
     """
     return _check(_BACKWARD, fn, _backward_cases())
+
+
+# --------------------------------------------------------------------------- spatial BN (CNNs)
+
+
+def _channel_affine(x_hat: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """``gamma * x_hat + beta`` with ``gamma``, ``beta`` ``(C,)`` on axis 1 of ``x_hat``."""
+    return ref.per_channel(gamma, x_hat.ndim) * x_hat + ref.per_channel(beta, x_hat.ndim)
+
+
+def _spatial_variant(**kw: Any) -> Callable[..., np.ndarray]:
+    """Spatial BN, right with the defaults; ``kw`` swaps in one wrong step (see _bn_variant)."""
+    return _bn_variant(**{"axis": (0, 2, 3), "affine": _channel_affine, **kw})
+
+
+def _spatial_rows_no_transpose(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                               eps: float) -> np.ndarray:
+    """The 1-D BN applied to ``x.reshape(-1, C)``: the channels are scrambled."""
+    return _bn_variant()(x.reshape(-1, x.shape[1]), gamma, beta, eps).reshape(x.shape)
+
+
+def _spatial_rows_not_back(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                           eps: float) -> np.ndarray:
+    """Right rows (channels last), but reshaped back to (N, C, H, W) without transposing."""
+    rows = x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return _bn_variant()(rows, gamma, beta, eps).reshape(x.shape)
+
+
+_PER_CHANNEL = (
+    "a convolutional layer keeps one mean and one variance per channel, over the batch and "
+    "every position: `x.mean(axis=(0, 2, 3), keepdims=True)` and "
+    "`x.var(axis=(0, 2, 3), keepdims=True)`."
+)
+_ROWS_FIX = (
+    "to reuse the (N, D) batch norm, move the channels last first, "
+    "`rows = x.transpose(0, 2, 3, 1).reshape(-1, C)`, and undo both steps afterwards, "
+    "`y = y_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)`."
+)
+
+_SPATIAL = _Exercise(
+    name="spatial_batchnorm_forward",
+    outputs=("y",),
+    solution=ref.batchnorm_forward,
+    formula="y = gamma[c] * (x - mean[c]) / np.sqrt(var[c] + eps) + beta[c], with mean and the "
+    "biased var over axes (0, 2, 3) and gamma, beta reshaped to (1, C, 1, 1).",
+    mistakes=(
+        _Mistake(
+            "your output matches per-activation statistics: a mean and variance for every "
+            "(channel, row, column) over the batch axis only, as BatchNorm1d on flattened "
+            "maps computes; " + _PER_CHANNEL,
+            _spatial_variant(axis=0),
+        ),
+        _Mistake(
+            "your output matches statistics per position, over the batch and the channels "
+            "(axes 0 and 1); " + _PER_CHANNEL,
+            _spatial_variant(axis=(0, 1)),
+        ),
+        _Mistake(
+            "your output matches statistics per sample and channel over H and W only "
+            "(instance normalization): the batch axis is missing; " + _PER_CHANNEL,
+            _spatial_variant(axis=(2, 3)),
+        ),
+        _Mistake(
+            "your output matches statistics per sample over C, H and W (layer "
+            "normalization); " + _PER_CHANNEL,
+            _spatial_variant(axis=(1, 2, 3)),
+        ),
+        _Mistake(
+            "your output matches statistics taken over the whole array (one scalar mean and "
+            "variance) instead of one per channel; " + _PER_CHANNEL,
+            _spatial_variant(axis=None),
+        ),
+        _Mistake(
+            "you normalized with the unbiased variance (dividing by m-1, `ddof=1`); batch "
+            "norm divides by the m = N*H*W values of each channel: use the default `ddof=0`.",
+            _spatial_variant(ddof=1),
+        ),
+        _Mistake(
+            "gamma and beta are applied along the last axis (W): a (C,) array broadcasts "
+            "against the last axis of (N, C, H, W); reshape them to (1, C, 1, 1) first, "
+            "`gamma.reshape(1, -1, 1, 1) * x_hat + beta.reshape(1, -1, 1, 1)`.",
+            _spatial_variant(affine=lambda x_hat, gamma, beta: gamma * x_hat + beta),
+        ),
+        _Mistake(
+            "you reshaped (N, C, H, W) straight to (-1, C), which mixes channels and "
+            "positions in every column; " + _ROWS_FIX,
+            _spatial_rows_no_transpose,
+        ),
+        _Mistake(
+            "the rows were right (channels moved last), but the result was reshaped straight "
+            "back to (N, C, H, W) without moving the channels back; " + _ROWS_FIX,
+            _spatial_rows_not_back,
+        ),
+        _Mistake(
+            "eps is missing, so a channel with (almost) zero variance divides by (almost) "
+            "zero: `np.sqrt(var + eps)`.",
+            _spatial_variant(std=lambda var, eps: np.sqrt(var)),
+        ),
+        _Mistake(
+            "eps is outside the square root (`np.sqrt(var) + eps`); it belongs inside: "
+            "`np.sqrt(var + eps)`.",
+            _spatial_variant(std=lambda var, eps: np.sqrt(var) + eps),
+        ),
+    ),
+)
+
+
+def _spatial_cases() -> list[_Case]:
+    """``(N, C, H, W)`` inputs with ``W == C`` (so gamma on the wrong axis runs) and
+    ``N``, ``H`` different; a position-dependent pattern, as real feature maps have."""
+    rng = np.random.default_rng(2)
+
+    def maps(shape: tuple[int, int, int, int], scale: Sequence[float],
+             offset: float = 0.0) -> np.ndarray:
+        n, c, h, w = shape
+        loc = offset + rng.uniform(-2, 2, (1, c, 1, 1))
+        pattern = rng.uniform(-1, 1, (1, 1, h, w))
+        noise = rng.standard_normal(shape)
+        return loc + np.asarray(scale, dtype=float).reshape(1, c, 1, 1) * (pattern + noise)
+
+    specs = [
+        ("typical batch", (4, 3, 5, 3), [1.0, 2.0, 0.5], 0.0, 1e-5),
+        ("a batch of one image (N=1)", (1, 4, 6, 4), [1.0, 0.5, 2.0, 1.5], 0.0, 1e-3),
+        ("channel 1 has variance ~1e-8, so eps matters", (3, 3, 4, 3), [1.0, 1e-4, 2.0],
+         0.0, 1e-5),
+        ("channel 2 is constant (variance 0)", (2, 4, 3, 4), [1.0, 0.5, 0.0, 2.0], 0.0, 1e-5),
+        ("large offset, |mean| ~ 1e3", (4, 2, 5, 2), [1.0, 2.0], 1e3, 1e-5),
+        ("N=2 with 2x5 maps, large eps", (2, 5, 2, 5), [1.0, 0.5, 2.0, 1.0, 0.7], 0.0, 0.1),
+    ]
+    cases = []
+    for name, shape, scale, offset, eps in specs:
+        c = shape[1]
+        x = maps(shape, scale, offset)
+        if "constant" in name:
+            x[:, 2] = 2.5  # exactly representable: its variance is 0 in any summation order
+        gamma, beta = rng.uniform(0.5, 2.0, c), rng.uniform(-1.0, 1.0, c)
+        cases.append(_Case(name, {"x": x, "gamma": gamma, "beta": beta, "eps": eps}))
+    return cases
+
+
+def spatial_batchnorm_forward(fn: Callable[..., Any]) -> bool:
+    """Check the reader's training-mode batch norm for convolutional feature maps.
+
+    ``fn(x, gamma, beta, eps)`` takes ``x`` of shape ``(N, C, H, W)``, ``gamma`` and ``beta``
+    of shape ``(C,)`` and a float ``eps``; it returns ``y`` of shape ``(N, C, H, W)``,
+    normalized per channel over ``N``, ``H`` and ``W`` with the biased variance, or the pair
+    ``(y, cache)``.
+
+    Returns ``True`` (and prints one line) when every case passes, ``False`` while ``fn`` is
+    the untouched ``NotImplementedError`` stub; raises ``AssertionError`` naming the likely
+    mistake otherwise.
+    """
+    return _check(_SPATIAL, fn, _spatial_cases())
+
+
+# --------------------------------------------------------------------------- BN folding
+
+
+def _fold_variant(
+    *,
+    scale: Callable[..., np.ndarray] = lambda gamma, var, eps: gamma / np.sqrt(var + eps),
+    weight_axis: int | None = 0,
+    bias: Callable[..., np.ndarray] = lambda b, mean, s, beta: (b - mean) * s + beta,
+) -> Callable[..., Outputs]:
+    """Folding, right by default; each argument swaps in one wrong step
+    (``weight_axis=None``: the weight is left as it was)."""
+
+    def solution(weight: np.ndarray, b: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                 running_mean: np.ndarray, running_var: np.ndarray, eps: float) -> Outputs:
+        s = scale(gamma, running_var, eps)
+        if weight_axis is None:
+            new_weight = weight
+        else:
+            shape = [1] * weight.ndim
+            shape[weight_axis] = -1
+            new_weight = weight * s.reshape(shape)
+        return new_weight, bias(b, running_mean, s, beta)
+
+    return solution
+
+
+def _fold_solution(weight: np.ndarray, bias: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                   running_mean: np.ndarray, running_var: np.ndarray, eps: float) -> Outputs:
+    return ref.fold_batchnorm(weight, bias, gamma, beta, running_mean, running_var, eps)
+
+
+_FOLD_SCALE = "the scale is `s = gamma / np.sqrt(running_var + eps)`"
+_FOLD_BIAS = "`new_bias = (bias - running_mean) * s + beta`"
+
+_FOLD = _Exercise(
+    name="fold_bn_into_conv",
+    outputs=("new_weight", "new_bias"),
+    solution=_fold_solution,
+    formula="s = gamma / np.sqrt(running_var + eps); new_weight = weight * s[:, None, None, "
+    "None] (output channel c scaled by s[c]); new_bias = (bias - running_mean) * s + beta.",
+    mistakes=(
+        _Mistake(
+            "new_weight scales the input channels (axis 1 of the weight); BN rescales the "
+            "conv's *output* channels, which are axis 0 of a (C_out, C_in, kh, kw) weight: "
+            "`weight * s[:, None, None, None]`.",
+            _fold_variant(weight_axis=1),
+        ),
+        _Mistake(
+            "you divided by the variance instead of the standard deviation (the square root "
+            "is missing): " + _FOLD_SCALE + ".",
+            _fold_variant(scale=lambda gamma, var, eps: gamma / (var + eps)),
+        ),
+        _Mistake(
+            "you multiplied by the standard deviation instead of dividing by it: BN divides "
+            "by it, so " + _FOLD_SCALE + ".",
+            _fold_variant(scale=lambda gamma, var, eps: gamma * np.sqrt(var + eps)),
+        ),
+        _Mistake(
+            "eps is missing: BN divides by `np.sqrt(running_var + eps)`, so "
+            + _FOLD_SCALE + ".",
+            _fold_variant(scale=lambda gamma, var, eps: gamma / np.sqrt(var)),
+        ),
+        _Mistake(
+            "eps is outside the square root; " + _FOLD_SCALE + ".",
+            _fold_variant(scale=lambda gamma, var, eps: gamma / (np.sqrt(var) + eps)),
+        ),
+        _Mistake(
+            "gamma is missing from the scale; " + _FOLD_SCALE + ".",
+            _fold_variant(scale=lambda gamma, var, eps: 1.0 / np.sqrt(var + eps)),
+        ),
+        _Mistake(
+            "the weight is not scaled: BN multiplies the conv's whole output channel c by "
+            "s[c], weight and bias alike: `new_weight = weight * s[:, None, None, None]`.",
+            _fold_variant(weight_axis=None),
+        ),
+        _Mistake(
+            "the bias is not scaled: BN scales everything the conv outputs, its bias too: "
+            + _FOLD_BIAS + ".",
+            _fold_variant(bias=lambda b, mean, s, beta: b - mean + beta),
+        ),
+        _Mistake(
+            "the running mean is subtracted after scaling; BN subtracts it first: "
+            + _FOLD_BIAS + ".",
+            _fold_variant(bias=lambda b, mean, s, beta: b * s - mean + beta),
+        ),
+        _Mistake(
+            "the running mean is not subtracted: " + _FOLD_BIAS + ".",
+            _fold_variant(bias=lambda b, mean, s, beta: b * s + beta),
+        ),
+        _Mistake(
+            "beta is missing: BN adds it after scaling, " + _FOLD_BIAS + ".",
+            _fold_variant(bias=lambda b, mean, s, beta: (b - mean) * s),
+        ),
+        _Mistake(
+            "the conv's own bias is lost: it passes through BN too, " + _FOLD_BIAS + ".",
+            _fold_variant(bias=lambda b, mean, s, beta: -mean * s + beta),
+        ),
+    ),
+)
+
+
+def _fold_cases() -> list[_Case]:
+    """Conv weights ``(C, C, kh, kw)`` (``C_in == C_out``, so scaling the wrong axis runs)."""
+    rng = np.random.default_rng(3)
+    specs = [  # name, (C, kh, kw), var range, gamma sign, mean offset, eps
+        ("typical 3x3 conv", (4, 3, 3), (0.5, 2.0), 1.0, 0.0, 1e-5),
+        ("1x1 conv", (3, 1, 1), (0.2, 3.0), 1.0, 0.0, 1e-3),
+        ("channel 0 has running_var 1e-7, so eps matters", (3, 2, 3), (0.5, 2.0), 1.0, 0.0,
+         1e-5),
+        ("negative gamma, |running_mean| ~ 1e2", (2, 3, 1), (1.0, 4.0), -1.0, 100.0, 1e-5),
+        ("large eps", (5, 1, 2), (0.01, 0.5), 1.0, 0.0, 0.1),
+    ]
+    cases = []
+    for name, (c, kh, kw), (v_lo, v_hi), sign, offset, eps in specs:
+        var = rng.uniform(v_lo, v_hi, c)
+        if "1e-7" in name:
+            var[0] = 1e-7
+        cases.append(_Case(name, {
+            "weight": rng.standard_normal((c, c, kh, kw)),
+            "bias": rng.uniform(-1, 1, c),
+            "gamma": sign * rng.uniform(0.5, 2.0, c),
+            "beta": rng.uniform(-1, 1, c),
+            "running_mean": offset + rng.uniform(-1, 1, c),
+            "running_var": var,
+            "eps": eps,
+        }))
+    return cases
+
+
+def fold_bn_into_conv(fn: Callable[..., Any]) -> bool:
+    """Check the reader's folding of an eval-mode BN into the convolution before it.
+
+    ``fn(weight, bias, gamma, beta, running_mean, running_var, eps)`` takes the conv's
+    ``weight`` ``(C_out, C_in, kh, kw)`` and ``bias`` ``(C_out,)``, the BN's ``gamma``,
+    ``beta``, ``running_mean``, ``running_var`` (all ``(C_out,)``) and float ``eps``; it
+    returns ``(new_weight, new_bias)`` of the same shapes, such that the conv with them equals
+    conv followed by BN in eval mode.
+
+    Returns ``True`` (and prints one line) when every case passes, ``False`` while ``fn`` is
+    the untouched ``NotImplementedError`` stub; raises ``AssertionError`` naming the likely
+    mistake otherwise.
+    """
+    return _check(_FOLD, fn, _fold_cases())
+
+
+# --------------------------------------------------------------------------- feature scaling
+
+
+def _z_variant(
+    *,
+    fit_on: str = "train",
+    axis: int | None = 0,
+    ddof: int = 0,
+    center: bool = True,
+    divide: Callable[[np.ndarray, np.ndarray], np.ndarray] = lambda d, var: d / np.sqrt(var),
+    var: Callable[..., np.ndarray] | None = None,
+    scale_test: bool = True,
+) -> Callable[..., Outputs]:
+    """Standardization, right by default; each argument swaps in one wrong step.
+
+    ``fit_on``: whose statistics scale each set: ``"train"`` (right), ``"own"`` (every
+    set its own), ``"combined"`` (train and test stacked). ``var(x, axis)`` replaces the
+    two-pass variance; ``divide(centered, var)`` replaces the division by the std.
+    """
+
+    def stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean = x.mean(axis=axis, keepdims=True)
+        v = x.var(axis=axis, ddof=ddof, keepdims=True) if var is None else var(x, axis)
+        return mean, v
+
+    def scale(x: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+        mean, v = stats(fitted)
+        return divide(x - mean if center else x, v)
+
+    def solution(x_train: np.ndarray, x_test: np.ndarray) -> Outputs:
+        fitted = {"train": (x_train, x_train), "own": (x_train, x_test),
+                  "combined": (np.vstack([x_train, x_test]),) * 2}[fit_on]
+        z_test = scale(x_test, fitted[1]) if scale_test else x_test
+        return scale(x_train, fitted[0]), z_test
+
+    return solution
+
+
+def _min_max_variant(x_train: np.ndarray, x_test: np.ndarray) -> Outputs:
+    low, high = x_train.min(axis=0), x_train.max(axis=0)
+    return (x_train - low) / (high - low), (x_test - low) / (high - low)
+
+
+def _naive_var(x: np.ndarray, axis: int | None) -> np.ndarray:
+    return (x**2).mean(axis=axis, keepdims=True) - x.mean(axis=axis, keepdims=True) ** 2
+
+
+_FIX_Z = (
+    "`mean = X_train.mean(axis=0)`, `std = X_train.std(axis=0)`, then "
+    "`(X - mean) / std` for both X_train and X_test."
+)
+
+_STANDARDIZE = _Exercise(
+    name="standardize",
+    outputs=("Z_train", "Z_test"),
+    solution=lambda x_train, x_test: ref.standardize(x_train, x_test),
+    formula="Z = (X - mean) / std for X_train and X_test alike, with mean = "
+    "X_train.mean(axis=0) and std = X_train.std(axis=0) (biased, ddof=0), from the training "
+    "set only.",
+    mistakes=(
+        _Mistake(
+            "Z_test matches the test set standardized with its own statistics: that is "
+            "leakage, and it makes each prediction depend on the rest of the test batch (and "
+            "is undefined for a single test example). Compute the mean and std on X_train "
+            "only and reuse them for X_test.",
+            _z_variant(fit_on="own"),
+        ),
+        _Mistake(
+            "your outputs match statistics over the combined set (X_train and X_test "
+            "stacked): the test set leaks into the training features. Use X_train's "
+            "statistics for both: " + _FIX_Z,
+            _z_variant(fit_on="combined"),
+        ),
+        _Mistake(
+            "you divided by the unbiased std (ddof=1, dividing by N-1; torch.std's and "
+            "pandas' default); standardization here uses the biased one (dividing by N): "
+            "`X_train.std(axis=0)` (NumPy's default ddof=0) or `unbiased=False` in torch.",
+            _z_variant(ddof=1),
+        ),
+        _Mistake(
+            "your outputs match statistics over axis 1 (one mean and std per example, "
+            "across its features) instead of axis 0 (per feature, across the examples): "
+            + _FIX_Z,
+            _z_variant(axis=1, fit_on="own"),
+        ),
+        _Mistake(
+            "your outputs match one scalar mean and std over the whole X_train array instead "
+            "of one per feature (column): pass `axis=0`; " + _FIX_Z,
+            _z_variant(axis=None),
+        ),
+        _Mistake(
+            "your outputs match min-max scaling, (X - min) / (max - min), which maps the "
+            "training range to [0, 1]; z-scores subtract the mean and divide by the std: "
+            + _FIX_Z,
+            _min_max_variant,
+        ),
+        _Mistake(
+            "the mean is not subtracted: your outputs are X / std. " + _FIX_Z,
+            _z_variant(center=False),
+        ),
+        _Mistake(
+            "you subtracted the mean but did not divide by the std. " + _FIX_Z,
+            _z_variant(divide=lambda d, var: d),
+        ),
+        _Mistake(
+            "you divided by the variance instead of the standard deviation: divide by "
+            "`X_train.std(axis=0)`, the square root of the variance.",
+            _z_variant(divide=lambda d, var: d / var),
+        ),
+        _Mistake(
+            "Z_train is right but Z_test is X_test unchanged: the test set must be "
+            "standardized too, with the training mean and std.",
+            _z_variant(scale_test=False),
+        ),
+        _Mistake(
+            "you computed the variance as E[x^2] - E[x]^2, which cancels catastrophically "
+            "when a feature's mean is large compared with its spread (see the case with "
+            "|mean| ~ 1e6); use `X_train.var(axis=0)` or `((X_train - mean)**2).mean(axis=0)`.",
+            _z_variant(var=_naive_var),
+        ),
+        *(
+            _Mistake(
+                f"your outputs match a variance with eps={e:g} added inside the square root "
+                "(batch normalization's guard); this exercise asks for the plain std, "
+                "`X_train.std(axis=0)` (no case has a constant feature).",
+                _z_variant(divide=lambda d, var, e=e: d / np.sqrt(var + e)),
+            )
+            for e in (1e-3, 1e-5, 1e-8)
+        ),
+    ),
+)
+
+
+def _standardize_cases() -> list[_Case]:
+    """``(X_train, X_test)`` pairs with ``N != D`` and ``N != M``, test sets that differ from
+    the training set (so leakage shows), one test example alone, a feature with a large
+    offset and one with a tiny spread; no constant features."""
+    rng = np.random.default_rng(3)
+
+    def table(n: int, loc: Sequence[float], scale: Sequence[float]) -> np.ndarray:
+        loc, scale = np.asarray(loc, dtype=float), np.asarray(scale, dtype=float)
+        return loc + scale * rng.standard_normal((n, loc.size))
+
+    loc, scale = rng.uniform(-3, 3, 3), rng.uniform(0.5, 3, 3)
+    shifted_loc, shifted_scale = [1.0, -2.0, 0.5, 4.0], [1.0, 3.0, 0.5, 2.0]
+    spread_loc, spread_scale = [5.0, -1.0, 0.0, 2.0, 100.0], [0.01, 1.0, 30.0, 0.2, 1000.0]
+    specs = [
+        ("typical: test drawn like the training set", table(20, loc, scale), table(7, loc, scale)),
+        ("test set shifted and rescaled (a distribution shift)",
+         table(12, shifted_loc, shifted_scale),
+         table(6, np.add(shifted_loc, 3.0), np.multiply(shifted_scale, 2.0))),
+        ("a single test example, M=1", table(9, loc, scale), table(1, loc, scale)),
+        ("large offset, |mean| ~ 1e6", table(16, [1e6, -1e6], [5.0, 2.0]),
+         table(5, [1e6 + 4.0, -1e6], [5.0, 4.0])),
+        ("only N=2 training examples", table(2, [0.0, 1.0, -1.0], [1.0, 2.0, 0.5]),
+         table(3, [0.5, 1.0, -1.0], [1.0, 2.0, 0.5])),
+        ("features on scales from 0.01 to 1000", table(10, spread_loc, spread_scale),
+         table(4, spread_loc, spread_scale)),
+    ]
+    return [_Case(name, {"X_train": a, "X_test": b}) for name, a, b in specs]
+
+
+def standardize(fn: Callable[..., Any]) -> bool:
+    """Check the reader's z-score standardization of a training and a test set.
+
+    ``fn(X_train, X_test)`` takes ``X_train`` ``(N, D)`` and ``X_test`` ``(M, D)`` and returns
+    ``(Z_train, Z_test)`` of the same shapes: ``(X - mean) / std`` for both, with the
+    per-feature mean and biased std (``ddof=0``) of ``X_train`` only.
+
+    Returns ``True`` (and prints one line) when every case passes, ``False`` while ``fn`` is
+    the untouched ``NotImplementedError`` stub; raises ``AssertionError`` naming the likely
+    mistake otherwise.
+    """
+    return _check(_STANDARDIZE, fn, _standardize_cases())
+
+
+# --------------------------------------------------------------------------- running statistics
+
+
+def _running_variant(
+    *,
+    axis: int = 0,
+    ddof: int = 1,
+    spread: Callable[[np.ndarray], np.ndarray] = lambda var: var,
+    new_weight: Callable[[float], float] = lambda momentum: momentum,
+    average_mean: bool = True,
+    average_var: bool = True,
+    update_var: bool = True,
+    swap: bool = False,
+) -> Callable[..., Outputs]:
+    """A running-statistics update, right by default; each argument swaps in one wrong step."""
+
+    def solution(
+        running_mean: np.ndarray, running_var: np.ndarray, x: np.ndarray, momentum: float
+    ) -> Outputs:
+        mean, var = x.mean(axis=axis), spread(x.var(axis=axis, ddof=ddof))
+        w = new_weight(momentum)
+        new_mean = (1.0 - w) * running_mean + w * mean if average_mean else mean
+        new_var = (1.0 - w) * running_var + w * var if average_var else var
+        if not update_var:
+            new_var = running_var
+        return (new_var, new_mean) if swap else (new_mean, new_var)
+
+    return solution
+
+
+def _running_solution(
+    running_mean: np.ndarray, running_var: np.ndarray, x: np.ndarray, momentum: float
+) -> Outputs:
+    mean, var = ref.batch_stats(x)
+    n = x.shape[0]
+    return (
+        ref.ema_update(running_mean, mean, momentum),
+        ref.ema_update(running_var, var * n / (n - 1), momentum),
+    )
+
+
+_FIX_EMA = (
+    "`new_mean = (1 - momentum) * running_mean + momentum * x.mean(axis=0)` and "
+    "`new_var = (1 - momentum) * running_var + momentum * x.var(axis=0, ddof=1)`."
+)
+_FIX_STD = (
+    "running_var averages variances, not standard deviations: use "
+    "`x.var(axis=0, ddof=1)`, not `x.std(...)`."
+)
+
+_RUNNING = _Exercise(
+    name="running_stats_update",
+    outputs=("new_mean", "new_var"),
+    solution=_running_solution,
+    formula=_FIX_EMA,
+    mistakes=(
+        _Mistake(
+            "momentum weighs the old value in your update (Keras's convention, where 0.99 is "
+            "the default); in PyTorch's convention it weighs the new batch: " + _FIX_EMA,
+            _running_variant(new_weight=lambda m: 1.0 - m),
+        ),
+        _Mistake(
+            "the running variance averages the biased batch variance (dividing by N); it "
+            "must average the unbiased one (dividing by N-1), the estimate of the population "
+            "variance: `x.var(axis=0, ddof=1)`. (Normalizing the batch uses the biased one.)",
+            _running_variant(ddof=0),
+        ),
+        _Mistake(_FIX_STD, _running_variant(spread=np.sqrt)),
+        _Mistake(_FIX_STD, _running_variant(ddof=0, spread=np.sqrt)),
+        _Mistake(
+            "your statistics are taken over axis 1 (one per sample) instead of axis 0 (one "
+            "per feature, over the batch): `x.mean(axis=0)` and `x.var(axis=0, ddof=1)`.",
+            _running_variant(axis=1),
+        ),
+        _Mistake(
+            "new_var is the batch variance itself: the momentum is applied to the mean only; "
+            "average the variance the same way: " + _FIX_EMA,
+            _running_variant(average_var=False),
+        ),
+        _Mistake(
+            "you returned the batch statistics themselves, not moving averages: mix them into "
+            "the running values, " + _FIX_EMA,
+            _running_variant(average_mean=False, average_var=False),
+        ),
+        _Mistake(
+            "new_var is running_var unchanged: the running variance must be updated too: "
+            + _FIX_EMA,
+            _running_variant(update_var=False),
+        ),
+        _Mistake(
+            "new_mean and new_var are swapped: return `(new_mean, new_var)`.",
+            _running_variant(swap=True),
+        ),
+        *(
+            _Mistake(
+                f"your update ignores the momentum argument and behaves as if momentum={m:g}"
+                f"{note}: use the momentum your function is given.",
+                _running_variant(new_weight=lambda _, m=m: m),
+            )
+            for m, note in ((0.1, " (PyTorch's default)"), (0.01, " (Keras's 0.99, converted)"))
+        ),
+    ),
+)
+
+
+def _running_cases() -> list[_Case]:
+    """Square batches (N == D): statistics over the wrong axis then have the right shape
+    and wrong values, so they get a named hint rather than a broadcasting error."""
+    rng = np.random.default_rng(3)
+
+    def batch(loc: Sequence[float], scale: Sequence[float]) -> np.ndarray:
+        loc, scale = np.asarray(loc, dtype=float), np.asarray(scale, dtype=float)
+        return loc + scale * rng.standard_normal((loc.size, loc.size))
+
+    def buffers(d: int) -> tuple[np.ndarray, np.ndarray]:
+        return rng.uniform(-2.0, 2.0, d), rng.uniform(0.2, 3.0, d)
+
+    specs = [
+        ("fresh buffers (zeros and ones), momentum=0.1", (np.zeros(5), np.ones(5)),
+         batch(rng.uniform(-2, 2, 5), rng.uniform(0.5, 3, 5)), 0.1),
+        ("buffers from earlier batches, momentum=0.1", buffers(6),
+         batch(rng.uniform(-2, 2, 6), rng.uniform(0.5, 3, 6)), 0.1),
+        ("small batch, N=2, momentum=0.3", buffers(2), batch([0.5, -1.0], [1.0, 2.0]), 0.3),
+        ("momentum=0.01 (Keras's momentum=0.99)", buffers(4),
+         batch([1.0, 0.0, -1.0, 2.0], [0.5, 1.0, 2.0, 1.5]), 0.01),
+        ("momentum=0.9", buffers(3), batch([2.0, -0.5, 0.0], [1.0, 0.3, 2.0]), 0.9),
+        ("large offset, |mean| ~ 1e3", buffers(4),
+         batch([1e3, -1e3, 1005.0, 0.0], [1.0, 2.0, 0.5, 1.0]), 0.1),
+        ("feature 1 is constant (variance 0)", buffers(3),
+         batch([0.0, 2.5, -1.0], [1.0, 0.0, 2.0]), 0.2),
+    ]
+    return [
+        _Case(name, {"running_mean": rm, "running_var": rv, "x": x, "momentum": m})
+        for name, (rm, rv), x, m in specs
+    ]
+
+
+def running_stats_update(fn: Callable[..., Any]) -> bool:
+    """Check the reader's update of BN's running statistics, in PyTorch's convention.
+
+    ``fn(running_mean, running_var, x, momentum)`` takes the running buffers, both of shape
+    ``(D,)``, a training batch ``x`` of shape ``(N, D)`` and a float ``momentum`` (the weight
+    of the new batch); it returns ``(new_mean, new_var)``, both ``(D,)``:
+    ``(1 - momentum) * running + momentum * batch``, with the batch mean and the *unbiased*
+    batch variance over axis 0. It must not change its inputs in place.
+
+    Returns ``True`` (and prints one line) when every case passes, ``False`` while ``fn`` is
+    the untouched ``NotImplementedError`` stub; raises ``AssertionError`` naming the likely
+    mistake otherwise.
+    """
+    return _check(_RUNNING, fn, _running_cases())
+
+
+# --------------------------------------------------------------------------- saturation
+
+
+def _saturation_variant(
+    *,
+    below: Callable[[np.ndarray, float], np.ndarray] = lambda a, low: a < low,
+    above: Callable[[np.ndarray, float], np.ndarray] = lambda a, high: a > high,
+    combine: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.logical_or,
+    before: Callable[[np.ndarray], np.ndarray] = lambda a: a,
+    reduce: Callable[[np.ndarray], np.ndarray] = np.mean,
+) -> Callable[..., np.ndarray]:
+    """The saturated fraction, right by default; each argument swaps in one wrong step."""
+
+    def solution(a: np.ndarray, low: float, high: float) -> np.ndarray:
+        a = before(a)
+        return np.asarray(reduce(combine(below(a, low), above(a, high)).astype(float)))
+
+    return solution
+
+
+def _never(a: np.ndarray, _threshold: float) -> np.ndarray:
+    return np.zeros(a.shape, dtype=bool)
+
+
+_FIX_SAT = "`((a < low) | (a > high)).mean()`"
+
+_SATURATION = _Exercise(
+    name="saturation_fraction",
+    outputs=("fraction",),
+    solution=_saturation_variant(),
+    formula="fraction = ((a < low) | (a > high)).mean(): one number, over every entry.",
+    mistakes=(
+        _Mistake(
+            "you counted only the entries below `low` (the sigmoid's flat part near 0); the "
+            "flat part near 1 saturates too: " + _FIX_SAT + ".",
+            _saturation_variant(above=_never),
+        ),
+        _Mistake(
+            "you counted only the entries above `high` (the sigmoid's flat part near 1); the "
+            "flat part near 0 saturates too: " + _FIX_SAT + ".",
+            _saturation_variant(below=_never),
+        ),
+        _Mistake(
+            "your comparisons are not strict (`<=`, `>=`): an entry exactly at `low` or `high` "
+            "is the boundary, not saturated. Use " + _FIX_SAT + ".",
+            _saturation_variant(below=lambda a, low: a <= low, above=lambda a, high: a >= high),
+        ),
+        _Mistake(
+            "you returned a percentage (x100); return the fraction, a number in [0, 1]: "
+            + _FIX_SAT + ".",
+            _saturation_variant(reduce=lambda s: 100 * s.mean()),
+        ),
+        _Mistake(
+            "you returned the number of saturated entries; divide by the number of entries "
+            "(`.mean()` instead of `.sum()`): " + _FIX_SAT + ".",
+            _saturation_variant(reduce=np.sum),
+        ),
+        _Mistake(
+            "you returned the fraction of entries that are NOT saturated (those inside "
+            "[low, high]); the saturated ones are outside: " + _FIX_SAT + ".",
+            _saturation_variant(reduce=lambda s: 1.0 - s.mean()),
+        ),
+        _Mistake(
+            "your result has one fraction per unit (a mean over axis 0); the exercise asks for "
+            "one number over every sample and unit: " + _FIX_SAT + " (no axis).",
+            _saturation_variant(reduce=lambda s: s.mean(axis=0)),
+        ),
+        _Mistake(
+            "your result has one fraction per sample (a mean over axis 1); the exercise asks "
+            "for one number over every sample and unit: " + _FIX_SAT + " (no axis).",
+            _saturation_variant(reduce=lambda s: s.mean(axis=1)),
+        ),
+        _Mistake(
+            "you combined the two sides with `&` (and): no value is both below `low` and above "
+            "`high`, so you always get 0. Use `|` (or): " + _FIX_SAT + ".",
+            _saturation_variant(combine=np.logical_and),
+        ),
+        _Mistake(
+            "you applied the sigmoid to `a`, but `a` already holds sigmoid *outputs* (the "
+            "pre-activations went through the sigmoid before): compare `a` itself, "
+            + _FIX_SAT + ".",
+            _saturation_variant(before=lambda a: 1.0 / (1.0 + np.exp(-a))),
+        ),
+        _Mistake(
+            "you averaged each unit over the batch first and then thresholded the means (the "
+            "fraction of units whose *mean* output is saturated); saturation is counted entry "
+            "by entry, sample by sample: " + _FIX_SAT + ".",
+            _saturation_variant(before=lambda a: a.mean(axis=0)),
+        ),
+        _Mistake(
+            "your result ignores the `low` and `high` arguments and behaves as if they were 0.05 "
+            "and 0.95: use the thresholds your function is given, " + _FIX_SAT + ".",
+            _saturation_variant(below=lambda a, low: a < 0.05, above=lambda a, high: a > 0.95),
+        ),
+        _Mistake(
+            "you assumed symmetric thresholds (`abs(a - 0.5) > high - 0.5`), which ignores "
+            "`low`; with low=0.1, high=0.8 the two sides differ. Use " + _FIX_SAT + ".",
+            _saturation_variant(below=_never, above=lambda a, high: np.abs(a - 0.5) > high - 0.5),
+        ),
+    ),
+)
+
+
+def _saturation_cases() -> list[_Case]:
+    """Sigmoid outputs ``(N, D)`` with ``N != D``: entries exactly at the thresholds (so
+    strictness shows), one-sided saturation, asymmetric thresholds, loose thresholds that
+    values in ``[0.5, 0.73]`` (a second sigmoid's range) can cross."""
+    rng = np.random.default_rng(5)
+
+    def sigmoid_outputs(n: int, d: int, scale: float, shift: float = 0.0) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(shift + scale * rng.standard_normal((n, d)))))
+
+    at_thresholds = sigmoid_outputs(12, 5, 3.0)
+    at_thresholds[[0, 3, 7], [1, 2, 4]] = [0.05, 0.95, 0.95]
+    one_sided = sigmoid_outputs(10, 4, 2.0, shift=3.0)  # saturated near 1 only
+    specs = [
+        ("typical sigmoid outputs", sigmoid_outputs(20, 7, 2.5), 0.05, 0.95),
+        ("entries exactly at low=0.05 and high=0.95", at_thresholds, 0.05, 0.95),
+        ("saturated on one side only (near 1)", one_sided, 0.05, 0.95),
+        ("asymmetric thresholds low=0.1, high=0.8", sigmoid_outputs(9, 6, 2.0), 0.1, 0.8),
+        ("loose thresholds low=0.3, high=0.6", sigmoid_outputs(15, 3, 1.5), 0.3, 0.6),
+        ("a single sample, N=1", sigmoid_outputs(1, 8, 4.0), 0.05, 0.95),
+    ]
+    return [_Case(name, {"a": a, "low": low, "high": high}) for name, a, low, high in specs]
+
+
+def saturation_fraction(fn: Callable[..., Any]) -> bool:
+    """Check the reader's measure of sigmoid saturation.
+
+    ``fn(a, low, high)`` takes sigmoid outputs ``a`` of shape ``(N, D)`` (N samples, D
+    units) and two floats; it returns one number: the fraction of all ``N * D`` entries that
+    are saturated, strictly below ``low`` or strictly above ``high``.
+
+    Returns ``True`` (and prints one line) when every case passes, ``False`` while ``fn`` is
+    the untouched ``NotImplementedError`` stub; raises ``AssertionError`` naming the likely
+    mistake otherwise.
+    """
+    return _check(_SATURATION, fn, _saturation_cases())
+
+
+# --------------------------------------------------------------------------- importance weights
+
+
+def _log_normal_pdf(x: np.ndarray, mean: float, std: float) -> np.ndarray:
+    return -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+
+
+def _normal_pdf(x: np.ndarray, mean: float, std: float) -> np.ndarray:
+    return np.exp(-0.5 * ((x - mean) / std) ** 2) / (std * np.sqrt(2 * np.pi))
+
+
+def _log_ratio(x: np.ndarray, mt: float, st: float, me: float, se: float) -> np.ndarray:
+    """log p_test(x) - log p_train(x) for train N(mt, st^2) and test N(me, se^2)."""
+    return _log_normal_pdf(x, me, se) - _log_normal_pdf(x, mt, st)
+
+
+def _weights_solution(
+    x: np.ndarray, mean_train: float, std_train: float, mean_test: float, std_test: float
+) -> np.ndarray:
+    return np.exp(_log_ratio(x, mean_train, std_train, mean_test, std_test))
+
+
+_FIX_W = (
+    "w = p_test(x) / p_train(x), computed in log space: `np.exp(logp_test - logp_train)` with "
+    "`logp = -0.5 * ((x - mean) / std)**2 - np.log(std) - 0.5 * np.log(2 * np.pi)`."
+)
+
+# The catalogue's wrong solutions take (x, mean_train, std_train, mean_test, std_test), named
+# (x, mt, st, me, se) for short.
+_WEIGHTS = _Exercise(
+    name="importance_weights",
+    outputs=("w",),
+    solution=_weights_solution,
+    formula=_FIX_W,
+    mistakes=(
+        _Mistake(
+            "your weights are upside down, p_train(x) / p_test(x): a weight must be large where "
+            "test inputs are more likely than training inputs. " + _FIX_W,
+            lambda x, mt, st, me, se: np.exp(-_log_ratio(x, mt, st, me, se)),
+        ),
+        _Mistake(
+            "the two normalizing constants 1/(std*sqrt(2*pi)) do not cancel when the two "
+            "stds differ: you left out the factor std_train / std_test (the `- np.log(std)` "
+            "term of each log density). " + _FIX_W,
+            lambda x, mt, st, me, se: np.exp(-0.5 * ((x - me) / se) ** 2
+                                             + 0.5 * ((x - mt) / st) ** 2),
+        ),
+        _Mistake(
+            "you returned the log of the ratio; exponentiate it: " + _FIX_W,
+            _log_ratio,
+        ),
+        _Mistake(
+            "the exponent lacks the 1/2: a normal log density is "
+            "`-0.5 * ((x - mean) / std)**2 - ...`. " + _FIX_W,
+            lambda x, mt, st, me, se: st / se * np.exp(-((x - me) / se) ** 2
+                                                       + ((x - mt) / st) ** 2),
+        ),
+        _Mistake(
+            "you used the std where the variance belongs (dividing the squared distance by "
+            "`std` instead of `std**2`, as if std were the variance). " + _FIX_W,
+            lambda x, mt, st, me, se: np.sqrt(st / se) * np.exp(-0.5 * (x - me) ** 2 / se
+                                                                + 0.5 * (x - mt) ** 2 / st),
+        ),
+        _Mistake(
+            "you paired the means and stds the wrong way round (the test mean with the "
+            "training std and the other way round): each density takes its own mean and "
+            "std. " + _FIX_W,
+            lambda x, mt, st, me, se: np.exp(_log_ratio(x, mt, se, me, st)),
+        ),
+        _Mistake(
+            "you divided the two densities directly: far in the tails both underflow to 0.0 in "
+            "float64 (exp(-800) is 0), giving 0/0 = nan or x/0 = inf, where the ratio itself "
+            "is an ordinary number. Subtract log densities instead: " + _FIX_W,
+            lambda x, mt, st, me, se: _normal_pdf(x, me, se) / _normal_pdf(x, mt, st),
+        ),
+        _Mistake(
+            "your weights are normalized to sum to 1; the exercise asks for the density ratio "
+            "itself (whose average over training inputs is about 1, not 1/N): do not divide "
+            "by `w.sum()`. " + _FIX_W,
+            lambda *args: _weights_solution(*args) / _weights_solution(*args).sum(),
+        ),
+        _Mistake(
+            "your weights are rescaled to have mean 1 over the given x; the exercise asks for "
+            "the density ratio itself, unscaled. " + _FIX_W,
+            lambda *args: _weights_solution(*args) / _weights_solution(*args).mean(),
+        ),
+        _Mistake(
+            "you subtracted the densities (p_test - p_train); the weight is their ratio. "
+            + _FIX_W,
+            lambda x, mt, st, me, se: _normal_pdf(x, me, se) - _normal_pdf(x, mt, st),
+        ),
+    ),
+)
+
+
+def _weights_cases() -> list[_Case]:
+    """Inputs ``x`` ``(N,)`` with the two normals' parameters: different stds (so the
+    normalizing constants matter), a test distribution equal to the training one (all
+    weights 1), and far tails where both densities underflow to 0 in float64 but the ratio
+    is moderate."""
+    rng = np.random.default_rng(7)
+    tails = np.array([-60.0, -45.0, 0.0, 1.0, 45.0, 60.0])
+    specs = [
+        ("typical: test narrower and shifted", rng.normal(1.0, 0.6, 12), 1.0, 0.6, 2.0, 0.3),
+        ("test wider than train", rng.normal(0.0, 1.0, 9), 0.0, 1.0, -0.5, 2.0),
+        ("same distribution (every weight is 1)", rng.normal(3.0, 2.0, 7), 3.0, 2.0, 3.0, 2.0),
+        ("far tails, |x| up to 60 (both densities underflow)", tails, 0.0, 1.0, 0.05, 1.0),
+        ("far tails, different stds", np.array([-80.0, -2.0, 0.5, 3.0, 80.0]), 0.0, 2.0, 1.0, 1.9),
+        ("a single input, N=1", np.array([0.7]), 0.0, 1.0, 1.0, 0.5),
+    ]
+    return [
+        _Case(name, {"x": x, "mean_train": mt, "std_train": st, "mean_test": me, "std_test": se})
+        for name, x, mt, st, me, se in specs
+    ]
+
+
+def importance_weights(fn: Callable[..., Any]) -> bool:
+    """Check the reader's importance weights for a shift between two normal distributions.
+
+    ``fn(x, mean_train, std_train, mean_test, std_test)`` takes inputs ``x`` of shape
+    ``(N,)`` and the parameters (floats) of the training density ``N(mean_train,
+    std_train^2)`` and the test density ``N(mean_test, std_test^2)``; it returns ``w`` of
+    shape ``(N,)``, the density ratio ``p_test(x) / p_train(x)``, finite even where both
+    densities underflow in float64.
+
+    Returns ``True`` (and prints one line) when every case passes, ``False`` while ``fn`` is
+    the untouched ``NotImplementedError`` stub; raises ``AssertionError`` naming the likely
+    mistake otherwise.
+    """
+    return _check(_WEIGHTS, fn, _weights_cases())

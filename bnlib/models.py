@@ -13,7 +13,7 @@ that layer's bias is dropped: BN subtracts the mean, so the bias would have no e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -94,6 +94,23 @@ def cnn(
         layers.append(nn.MaxPool2d(2))
         n_in = n_out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_in, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def insert_after(
+    model: nn.Sequential, kind: type[nn.Module] | tuple[type[nn.Module], ...],
+    make: Callable[[nn.Module], nn.Module],
+) -> nn.Sequential:
+    """A new ``nn.Sequential``: ``model``'s layers with ``make(layer)`` after each ``kind`` layer.
+
+    The layers are shared, not copied (the result trains the same parameters); e.g.
+    ``insert_after(mlp(sizes, norm="bn"), BatchNorm, lambda bn: NoisyShift(bn.num_features))``.
+    """
+    layers: list[nn.Module] = []
+    for layer in model:
+        layers.append(layer)
+        if isinstance(layer, kind):
+            layers.append(make(layer))
     return nn.Sequential(*layers)
 
 

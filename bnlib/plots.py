@@ -85,3 +85,164 @@ def percentile_band(
     ax.fill_between(steps, lo, hi, color=color, alpha=0.25, linewidth=0)
     ax.plot(steps, mid, color=color, label=f"{label} (median, {q[0]:g}-{q[2]:g}th pct.)")
     ax.legend()
+
+
+def scatter(
+    ax: plt.Axes, points: dict[str, np.ndarray], xlabel: str, ylabel: str, equal: bool = False,
+    size: float = 8, legend: bool = True,
+) -> None:
+    """Scatter plots of ``{label: (N, 2) array}``; ``equal=True`` gives both axes the same
+    unit, so the picture shows true distances (and a feature with a small range looks flat)."""
+    for (label, p), color in zip(points.items(), COLORS.values()):
+        ax.scatter(p[:, 0], p[:, 1], s=size, alpha=0.6, color=color, label=label, linewidths=0)
+    if equal:
+        ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend()
+
+
+def loss_contours(
+    ax: plt.Axes,
+    w1: np.ndarray,
+    w2: np.ndarray,
+    loss: np.ndarray,
+    paths: dict[str, np.ndarray] | None = None,
+    optimum: Sequence[float] | None = None,
+    xlabel: str = "$w_1$",
+    ylabel: str = "$w_2$",
+    levels: int = 12,
+) -> None:
+    """Contours of a loss over a grid of two weights, with optimization paths on top.
+
+    ``loss`` ``(len(w2), len(w1))`` holds the loss at ``(w1[j], w2[i])`` in ``loss[i, j]``
+    (``np.meshgrid``'s layout). The levels are spaced geometrically above the grid's minimum,
+    so a narrow valley and a round bowl both show. ``paths`` maps labels to ``(steps + 1, 2)``
+    arrays of iterates, drawn as lines with dots; ``optimum`` ``(2,)`` gets a star.
+    """
+    gap = loss - loss.min()
+    top = gap.max()
+    ax.contour(w1, w2, gap, levels=np.geomspace(top * 1e-4, top, levels),
+               colors=COLORS["neutral"], linewidths=0.7, alpha=0.6)
+    colors = [COLORS["plain"], COLORS["bn"], COLORS["other"]]
+    for (label, p), color in zip((paths or {}).items(), colors):
+        ax.plot(p[:, 0], p[:, 1], "-o", color=color, markersize=3, linewidth=1.2, label=label)
+    if optimum is not None:
+        ax.plot(*optimum, marker="*", markersize=13, color=COLORS["reference"],
+                linestyle="none", label="optimum $w^*$")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper right")
+
+
+def smooth(values: Sequence[float], window: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """A trailing moving average of a per-step series, ready for :func:`curves`.
+
+    ``values`` ``(S,)`` holds one number per step (step 1 first), e.g. a training loss.
+    Returns ``(steps, means)``, both ``(S - window + 1,)``: ``means[i]`` averages the
+    ``window`` values that end at step ``steps[i]``.
+    """
+    v = np.asarray(values, dtype=float)
+    if not 1 <= window <= len(v):
+        raise ValueError(f"window must be between 1 and {len(v)}, got {window}")
+    means = np.convolve(v, np.ones(window) / window, mode="valid")
+    return np.arange(window, len(v) + 1), means
+
+
+def graph(
+    ax: plt.Axes,
+    nodes: dict[str, tuple[float, float]],
+    edges: Sequence[tuple[str, str]],
+    labels: dict[str, str] | None = None,
+    colors: dict[str, str] | None = None,
+    fontsize: float = 12,
+) -> None:
+    """Draw a small directed graph, such as a computational graph, on ``ax``.
+
+    ``nodes`` maps names to ``(x, y)`` positions in data units; ``edges`` lists
+    ``(from, to)`` pairs, drawn as arrows that stop at the boxes' borders. ``labels`` gives
+    a node's text (mathtext allowed; default: its name); ``colors`` a box's edge colour
+    (default ``COLORS["neutral"]``); ``fontsize`` the labels' size in points. The axes are
+    switched off.
+    """
+    boxes = {}
+    for name, (x, y) in nodes.items():
+        color = (colors or {}).get(name, COLORS["neutral"])
+        boxes[name] = ax.text(
+            x, y, (labels or {}).get(name, name), ha="center", va="center", fontsize=fontsize,
+            zorder=3, bbox={"boxstyle": "round,pad=0.4", "facecolor": "white",
+                            "edgecolor": color, "linewidth": 1.4},
+        )
+    for a, b in edges:
+        ax.annotate(
+            "", xy=nodes[b], xytext=nodes[a], zorder=2,
+            arrowprops={"arrowstyle": "-|>", "color": COLORS["neutral"], "linewidth": 1.1,
+                        "shrinkA": 2, "shrinkB": 2, "mutation_scale": 12,
+                        "patchA": boxes[a].get_bbox_patch(),
+                        "patchB": boxes[b].get_bbox_patch()},
+        )
+    xs, ys = zip(*nodes.values())
+    ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    ax.set_ylim(min(ys) - 0.6, max(ys) + 0.6)
+    ax.set_axis_off()
+
+
+def shared_statistics(ax: plt.Axes, mask: np.ndarray, title: str = "") -> None:
+    """Picture which values of an ``(N, C, H, W)`` batch share one mean and variance.
+
+    ``mask`` ``(N, C, H, W)`` (bool) marks the values one statistic is computed over. The
+    batch is drawn as an N x C grid of H x W maps (rows: samples, columns: channels); marked
+    pixels in the BN colour, the others light grey.
+    """
+    n, c, h, w = mask.shape
+    canvas = np.full((n * (h + 1) - 1, c * (w + 1) - 1), np.nan)
+    for i in range(n):
+        for j in range(c):
+            canvas[i * (h + 1): i * (h + 1) + h, j * (w + 1): j * (w + 1) + w] = mask[i, j]
+    cmap = mpl.colors.ListedColormap(["#e3e6e8", COLORS["bn"]]).with_extremes(bad=(0, 0, 0, 0))
+    ax.imshow(canvas, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([j * (w + 1) + (w - 1) / 2 for j in range(c)],
+                  [f"channel {j + 1}" for j in range(c)], fontsize=8)
+    ax.set_yticks([i * (h + 1) + (h - 1) / 2 for i in range(n)],
+                  [f"sample {i + 1}" for i in range(n)], fontsize=8)
+    ax.tick_params(length=0)
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title)
+
+
+def channel_boxplots(
+    ax: plt.Axes, x: np.ndarray, color: str = COLORS["bn"], ylabel: str = "value"
+) -> None:
+    """One box per channel of ``x`` ``(N, C, *spatial)``, over its N x H x W values.
+
+    Boxes span the quartiles with the median inside, whiskers the 5th to 95th percentiles;
+    outliers are not drawn. Channels are numbered from 1 on the x axis.
+    """
+    x = np.asarray(x)
+    values = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+    ax.boxplot(list(values), whis=(5, 95), showfliers=False, patch_artist=True,
+               boxprops={"facecolor": color, "alpha": 0.5, "edgecolor": color},
+               medianprops={"color": COLORS["neutral"]},
+               whiskerprops={"color": color}, capprops={"color": color})
+    ax.set_xticks(range(1, x.shape[1] + 1), [str(j) for j in range(1, x.shape[1] + 1)])
+    ax.set_xlabel("channel")
+    ax.set_ylabel(ylabel)
+
+
+def quantile_band(
+    ax: plt.Axes, steps: Sequence[int], quantiles: np.ndarray, color: str, label: str,
+) -> None:
+    """Precomputed quantiles over time: a median line inside a shaded band.
+
+    ``quantiles`` ``(len(steps), 3)`` holds a low quantile, the median and a high quantile
+    per step (e.g. the 15th, 50th and 85th percentiles that
+    :class:`bnlib.train.ActivationRecorder` stores); :func:`percentile_band` is the same
+    picture computed from raw values.
+    """
+    q = np.asarray(quantiles)
+    ax.fill_between(steps, q[:, 0], q[:, 2], color=color, alpha=0.25, linewidth=0)
+    ax.plot(steps, q[:, 1], color=color, label=label)
+    ax.legend()

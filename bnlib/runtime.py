@@ -23,8 +23,9 @@ def seed_everything(seed: int = 0) -> np.random.Generator:
 
 
 def versions() -> str:
-    """One line naming the versions and device, for the top of every notebook."""
+    """One line naming the versions, the device and PyTorch's CPU threads, for every notebook."""
     return (
         f"Python {platform.python_version()}, NumPy {np.__version__}, "
-        f"PyTorch {torch.__version__}, device: {device()}"
+        f"PyTorch {torch.__version__}, device: {device()}, "
+        f"CPU threads: {torch.get_num_threads()}"
     )

@@ -2,7 +2,9 @@
 
 Property tests draw shapes, dtypes and every constructor option; each example runs a few
 training steps and one evaluation step through three implementations side by side and
-compares outputs, the gradients of x, weight and bias, and every running buffer.
+compares outputs, the gradients of x, weight and bias, and every running buffer. In
+float64 bnlib must match PyTorch to 1e-10; in float32 it must be within 1e-5 of the float64
+result, or at least as accurate as PyTorch's own float32 kernel on ill-conditioned batches.
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ def _close(actual, expected, dtype, what):
     torch.testing.assert_close(a / scale, e / scale, **tol, msg=lambda m: f"{what}: {m}")
 
 
+def _as_accurate(ours, theirs, truth, what):
+    """float32: ``ours`` is within 1e-5 of the float64 ``truth``, or no further from it than
+    twice PyTorch's own float32 result is (ill-conditioned batches lose digits in both)."""
+    truth = torch.as_tensor(truth, dtype=torch.float64)
+    scale = max(1.0, truth.abs().max().item())
+    err = (torch.as_tensor(ours, dtype=torch.float64) - truth).abs().max().item() / scale
+    err_torch = (torch.as_tensor(theirs, dtype=torch.float64) - truth).abs().max().item() / scale
+    assert err <= max(1e-5, 2 * err_torch), (
+        f"{what}: error {err:.3g} vs float64 truth; PyTorch's float32 error is {err_torch:.3g}"
+    )
+
+
 @given(configs())
 def test_three_implementations_agree(cfg):
     g = torch.Generator().manual_seed(cfg["seed"])
@@ -96,14 +110,25 @@ def test_three_implementations_agree(cfg):
         y_np = npy(x.double().numpy())
         dx_np = npy.backward(dy.double().numpy())
         outs["numpy"] = (y_np, dx_np, npy.dgamma, npy.dbeta)
-        pairs = (("bnlib", "torch", dtype), ("numpy", "torch64", torch.float64))
-        for name, oracle, tol_dtype in pairs:
-            for what, a, e in zip(("y", "dx", "dweight", "dbias"), outs[name], outs[oracle]):
-                if e is not None:
-                    _close(a, e, tol_dtype, f"{name} {what} (step {step}, training={training})")
+        names = ("y", "dx", "dweight", "dbias")
+        for what, a, t, t64 in zip(names, outs["bnlib"], outs["torch"], outs["torch64"]):
+            if t is None:
+                continue
+            label = f"bnlib {what} (step {step}, training={training})"
+            if dtype == torch.float64:
+                _close(a, t, dtype, label)
+            else:
+                _as_accurate(a, t, t64, label)
+        for what, a, t64 in zip(names, outs["numpy"], outs["torch64"]):
+            if t64 is not None:
+                _close(a, t64, torch.float64, f"numpy {what} (step {step}, training={training})")
         if cfg["track"]:
             for buf in ("running_mean", "running_var"):
-                _close(getattr(ours, buf), getattr(ref, buf), dtype, f"bnlib {buf}")
+                if dtype == torch.float64:
+                    _close(getattr(ours, buf), getattr(ref, buf), dtype, f"bnlib {buf}")
+                else:
+                    _as_accurate(getattr(ours, buf), getattr(ref, buf), getattr(ref64, buf),
+                                 f"bnlib {buf}")
                 _close(getattr(npy, buf), getattr(ref64, buf), torch.float64, f"numpy {buf}")
             assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item()
             assert npy.num_batches_tracked == ref.num_batches_tracked.item()
