@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: book test data budget serve lint clean
+.PHONY: book test data browser-test budget serve lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,11 @@ book: data  ## build the HTML book, executing every chapter; warnings are errors
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 test: data  ## unit, property and checker tests, then every notebook through nbval
-	$(BIN)/python -m pytest tests book --nbval-lax --nbval-current-env \
-		-n $(PYTEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest tests book --ignore=tests/browser \
+		--nbval-lax --nbval-current-env -n $(PYTEST_WORKERS) --dist loadscope
+
+browser-test: $(STAMP)  ## after `make book`: every page in Chromium (apt-get install chromium)
+	$(BIN)/python -m pytest tests/browser
 
 budget: $(STAMP)  ## time each notebook and measure its peak memory (2 cores)
 	$(BIN)/python tests/notebook_budget.py --cores 2

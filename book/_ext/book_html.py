@@ -1,9 +1,12 @@
-"""Serve MathJax 3 from the book's own static files instead of a CDN.
+"""Two fixes to the HTML that Jupyter Book 1.x writes, so the book works offline and cleanly.
 
-The built HTML must work offline and make no request to a third-party host (readers'
-privacy; CI has no internet). PyPI's ``django-static-mathjax`` ships MathJax 3 as files
-(the ``mathjax`` package); this extension copies its ``es5`` build into the HTML output's
-``_static/mathjax`` and points Sphinx's ``mathjax_path`` at it.
+1. MathJax 3 is served from the book's own static files instead of a CDN: the built HTML
+   must make no request to a third-party host (readers' privacy; CI has no internet).
+   PyPI's ``django-static-mathjax`` ships MathJax 3 as files (the ``mathjax`` package); its
+   ``es5`` build is copied into ``_static/mathjax`` and ``mathjax_path`` points there.
+2. Each page's scripts are de-duplicated: sphinx-thebe's inline configuration script is
+   registered twice, and declaring its ``const THEBE_JS_URL`` twice is a JavaScript error
+   on every page.
 """
 
 from __future__ import annotations
@@ -44,8 +47,25 @@ def _copy_mathjax(app: Sphinx, exception: Exception | None) -> None:
         shutil.copytree(mathjax_es5_dir(), target, dirs_exist_ok=True)
 
 
+def _dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict,
+                    doctree) -> None:  # noqa: ANN001
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for js in scripts:
+        attributes = getattr(js, "attributes", {})
+        # The same inline script comes with filename None once and "" once.
+        key = (getattr(js, "filename", str(js)) or "", tuple(sorted(attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    scripts[:] = unique
+
+
 def setup(app: Sphinx) -> dict:
     mathjax_es5_dir()  # fail early, with the fix, if the files are missing
     app.connect("config-inited", _use_local_mathjax, priority=900)
     app.connect("build-finished", _copy_mathjax)
+    app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
