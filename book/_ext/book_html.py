@@ -1,4 +1,4 @@
-"""Two fixes to the HTML that Jupyter Book 1.x writes, so the book works offline and cleanly.
+"""Additions to the HTML that Jupyter Book 1.x writes: offline, clean, and easy to navigate.
 
 1. MathJax 3 is served from the book's own static files instead of a CDN: the built HTML
    must make no request to a third-party host (readers' privacy; CI has no internet).
@@ -7,6 +7,10 @@
 2. Each page's scripts are de-duplicated: sphinx-thebe's inline configuration script is
    registered twice, and declaring its ``const THEBE_JS_URL`` twice is a JavaScript error
    on every page.
+3. Every glossary entry links back to where the term is introduced: the first use of the
+   term (its ``{term}`` role) in reading order, at the exact spot in the chapter.
+4. Every notebook page can also be downloaded as MyST Markdown (``.md``, written with
+   jupytext), next to the ``.ipynb`` and ``.pdf`` the theme offers.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import jupytext
+import nbformat
+from docutils import nodes
+from sphinx import addnodes
 from sphinx.application import Sphinx
+from sphinx.environment import BuildEnvironment
 from sphinx.errors import ExtensionError
 
 ENTRY = "mathjax/tex-chtml.js"
@@ -63,9 +72,111 @@ def _dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict
     scripts[:] = unique
 
 
+# --------------------------------------------------------------------------- glossary back-links
+
+
+def _note_term_uses(app: Sphinx, doctree: nodes.document) -> None:
+    """Mark the first use of each glossary term in this document with an anchor."""
+    env = app.env
+    uses = env.__dict__.setdefault("bn_term_uses", {})
+    for xref in list(doctree.findall(addnodes.pending_xref)):
+        if xref.get("refdomain") != "std" or xref.get("reftype") != "term":
+            continue
+        term = xref["reftarget"].lower()
+        if env.docname in uses.setdefault(term, {}):
+            continue
+        anchor = nodes.make_id(f"first-use-{term}") or f"first-use-{len(uses)}"
+        xref.parent.insert(xref.parent.index(xref), nodes.inline("", "", ids=[anchor]))
+        uses[term][env.docname] = anchor
+
+
+def _purge_term_uses(app: Sphinx, env: BuildEnvironment, docname: str) -> None:
+    for per_doc in env.__dict__.get("bn_term_uses", {}).values():
+        per_doc.pop(docname, None)
+
+
+def _merge_term_uses(app: Sphinx, env: BuildEnvironment, docnames, other) -> None:  # noqa: ANN001
+    mine = env.__dict__.setdefault("bn_term_uses", {})
+    for term, per_doc in other.__dict__.get("bn_term_uses", {}).items():
+        mine.setdefault(term, {}).update({d: a for d, a in per_doc.items() if d in docnames})
+
+
+def _reading_order(env: BuildEnvironment) -> list[str]:
+    """Documents in table-of-contents order, depth first from the root."""
+    order: list[str] = []
+
+    def walk(doc: str) -> None:
+        if doc in order:
+            return
+        order.append(doc)
+        for child in env.toctree_includes.get(doc, []):
+            walk(child)
+
+    walk(env.config.root_doc)
+    return order
+
+
+def _link_glossary_to_first_uses(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    if not any(doctree.findall(addnodes.glossary)):
+        return
+    env = app.env
+    uses = env.__dict__.get("bn_term_uses", {})
+    rank = {doc: i for i, doc in enumerate(_reading_order(env))}
+    for item in doctree.findall(nodes.definition_list_item):
+        terms = [t.astext().lower() for t in item.findall(nodes.term)]
+        found = [(rank.get(d, len(rank)), d, a) for t in terms for d, a in uses.get(t, {}).items()
+                 if d != docname]
+        if not found:
+            continue
+        _, target, anchor = min(found)
+        uri = app.builder.get_relative_uri(docname, target) + "#" + anchor
+        link = nodes.reference("", env.titles[target].astext(), refuri=uri,
+                               classes=["first-use"])
+        para = nodes.paragraph("", "", nodes.emphasis("", "Introduced in: "), link)
+        item.findall(nodes.definition).__next__().append(para)
+
+
+# --------------------------------------------------------------------------- .md downloads
+
+
+def _write_markdown_sources(app: Sphinx, exception: Exception | None) -> None:
+    """Write ``_sources/<doc>.md`` (MyST Markdown, via jupytext) for every notebook page."""
+    if exception is not None or app.builder.format != "html":
+        return
+    for docname in app.env.found_docs:
+        source = Path(app.env.doc2path(docname))
+        if source.suffix == ".ipynb":
+            notebook = nbformat.read(source, as_version=4)
+            target = Path(app.outdir) / "_sources" / f"{docname}.md"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(jupytext.writes(notebook, fmt="md:myst"), encoding="utf-8")
+
+
+def _add_markdown_download(app: Sphinx, pagename: str, templatename: str, context: dict,
+                           doctree) -> None:  # noqa: ANN001
+    if context.get("page_source_suffix") != ".ipynb":
+        return
+    for group in context.get("header_buttons", []):
+        if group.get("label") == "download-buttons":
+            group["buttons"].insert(1, {
+                "type": "link",
+                "url": f"{context['pathto']('_sources', 1)}/{pagename}.md",
+                "text": ".md",
+                "tooltip": "Download as MyST Markdown",
+                "icon": "fas fa-file-lines",
+                "label": "download-markdown-button",
+            })
+
+
 def setup(app: Sphinx) -> dict:
     mathjax_es5_dir()  # fail early, with the fix, if the files are missing
     app.connect("config-inited", _use_local_mathjax, priority=900)
     app.connect("build-finished", _copy_mathjax)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
+    app.connect("doctree-read", _note_term_uses)
+    app.connect("env-purge-doc", _purge_term_uses)
+    app.connect("env-merge-info", _merge_term_uses)
+    app.connect("doctree-resolved", _link_glossary_to_first_uses)
+    app.connect("build-finished", _write_markdown_sources)
+    app.connect("html-page-context", _add_markdown_download, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

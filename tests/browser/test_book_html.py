@@ -181,6 +181,11 @@ def test_notebook_page_has_figures_solutions_and_colab(visit, page_path):
     v = visit(page_path)
     page = v.page
     assert page.locator("main img").count() > 0, "a chapter should show its figures"
+    no_alt = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.cell_output img'))"
+        ".filter(img => !(img.getAttribute('alt') || '').trim()).length"
+    )
+    assert no_alt == 0, f"{no_alt} figures have no alt text (set mystnb.image.alt)"
 
     # sphinx-exercise renders a solution as an admonition; sphinx-togglebutton hides its
     # body until the title is clicked.
@@ -201,6 +206,26 @@ def test_notebook_page_has_figures_solutions_and_colab(visit, page_path):
     links = page.locator("a[href*='colab.research.google.com']")
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
     assert expected in hrefs, f"Colab link should be {expected}, found {hrefs}"
+
+
+def test_notebook_pages_offer_ipynb_and_md_downloads(visit):
+    v = visit("book/03_bn_algorithm")
+    for suffix in (".ipynb", ".md"):
+        link = v.page.locator(f"a[href$='_sources/book/03_bn_algorithm{suffix}']")
+        assert link.count() == 1, f"no {suffix} download link"
+        response = v.page.request.get(f"{v.base}/_sources/book/03_bn_algorithm{suffix}")
+        assert response.ok and "Batch Normalization" in response.text()
+
+
+def test_glossary_entries_link_to_where_each_term_is_introduced(visit):
+    v = visit("book/glossary")
+    terms = v.page.locator("dl.glossary > dt")
+    links = v.page.locator("dl.glossary a.first-use")
+    assert links.count() >= 0.8 * terms.count() / 2, "most entries (two names each) need a link"
+    href = links.first.get_attribute("href")
+    page, anchor = href.split("#")
+    v.page.goto(f"{v.base}/book/{page}#{anchor}", wait_until="load")
+    assert v.page.locator(f"[id='{anchor}']").count() == 1, f"{href} points at no element"
 
 
 def test_search_finds_a_known_term(visit):
