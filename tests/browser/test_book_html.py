@@ -181,6 +181,9 @@ def test_notebook_page_has_figures_solutions_and_colab(visit, page_path):
     v = visit(page_path)
     page = v.page
     assert page.locator("main img").count() > 0, "a chapter should show its figures"
+    for ref_page in ("notation", "glossary", "bibliography"):
+        assert page.locator(f"main a[href*='{ref_page}.html']").count() > 0, (
+            f"a chapter should link to the {ref_page} page")
     no_alt = page.evaluate(
         "() => Array.from(document.querySelectorAll('.cell_output img'))"
         ".filter(img => !(img.getAttribute('alt') || '').trim()).length"
