@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: book test data browser-test budget serve lint clean
+.PHONY: book test data browser-test bench budget serve lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: data  ## unit, property and checker tests, then every notebook through nbv
 
 browser-test: $(STAMP)  ## after `make book`: every page in Chromium (apt-get install chromium)
 	$(BIN)/python -m pytest tests/browser
+
+bench: $(STAMP)  ## time BN implementations; bandwidth vs the machine's copy bandwidth
+	$(BIN)/python -m bnlib.bench
 
 budget: $(STAMP)  ## time each notebook and measure its peak memory (2 cores)
 	$(BIN)/python tests/notebook_budget.py --cores 2

@@ -1,0 +1,285 @@
+"""The benchmark harness behind `make bench` and the chapter on making BN fast.
+
+BN moves data and does little arithmetic, so its speed limit is memory bandwidth. Every
+timing is therefore also reported as an *effective bandwidth* under a stated byte model,
+next to the measured copy bandwidth of the same machine, and as a ratio to PyTorch's
+native kernel.
+
+Byte model (bytes that must cross the memory bus, ``n`` elements of ``s`` bytes):
+
+* training forward: read ``x`` for the statistics, read ``x`` again and write ``y`` to
+  normalize: **3 passes**, ``3 n s`` bytes;
+* backward: read ``dy`` and ``x`` for the two per-channel sums, read both again and write
+  ``dx``: **5 passes**, ``5 n s`` bytes;
+* copy: read and write once, ``2 n s`` bytes.
+
+Usage: ``python -m bnlib.bench [--quick] [--compile] [--threads N] [--json PATH]`` (``make
+bench``). Run it on an otherwise idle machine: on a busy CPU, PyTorch's worker threads wait
+for each other and timings become meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bnlib import reference as ref
+from bnlib.torch_bn import BatchNormFunction
+
+PASSES = {"forward": 3, "backward": 5, "both": 8}
+
+
+# --------------------------------------------------------------------------- optimized NumPy
+
+
+def batchnorm_forward_fast(
+    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, tuple]:
+    """Training-mode BN forward in NumPy, written for speed; same results as the reference.
+
+    ``x`` ``(N, C, *spatial)``, float32 or float64. The normalization and the affine map
+    are folded into one per-channel ``scale`` and ``shift`` (``y = x * scale + shift``),
+    computed in place into a single output buffer: two passes over ``x`` after the
+    statistics, no ``x_hat`` temporary. Returns ``(y, cache)`` for
+    :func:`batchnorm_backward_fast`.
+    """
+    axes = ref.reduce_axes(x)
+    mean = x.mean(axis=axes, dtype=np.float64)
+    centered = x - ref.per_channel(mean.astype(x.dtype), x.ndim)
+    flat = centered.reshape(x.shape[0], x.shape[1], -1)  # a view for contiguous input
+    var = np.einsum("ncl,ncl->c", flat, flat, dtype=np.float64) / (x.size // x.shape[1])
+    inv_std = 1.0 / np.sqrt(var + eps)
+    scale = (gamma * inv_std).astype(x.dtype)
+    np.multiply(centered, ref.per_channel(scale, x.ndim), out=centered)
+    centered += ref.per_channel(np.asarray(beta, dtype=x.dtype), x.ndim)
+    return centered, (x, mean, inv_std, gamma)
+
+
+def batchnorm_backward_fast(dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
+    """The closed-form backward of :func:`batchnorm_forward_fast`, without an ``x_hat`` copy.
+
+    Uses ``sum(dy * x_hat) = inv_std * (sum(dy * x) - mean * sum(dy))`` per channel, so the
+    two reductions read ``dy`` and ``x`` once, and one fused pass writes ``dx``.
+    Returns ``(dx, dgamma, dbeta)``.
+    """
+    x, mean, inv_std, gamma = cache
+    nd, m = x.ndim, x.size // x.shape[1]
+    axes = ref.reduce_axes(x)
+    dbeta = dy.sum(axis=axes, dtype=np.float64)
+    shape3 = (x.shape[0], x.shape[1], -1)
+    dy_x = np.einsum("ncl,ncl->c", dy.reshape(shape3), x.reshape(shape3), dtype=np.float64)
+    dgamma = inv_std * (dy_x - mean * dbeta)
+    a = gamma * inv_std  # dx = a * (dy - dbeta/m - x_hat * dgamma/m)
+    coef_x = (-a * inv_std * dgamma / m).astype(x.dtype)
+    const = (a * (inv_std * mean * dgamma - dbeta) / m).astype(x.dtype)
+    dx = dy * ref.per_channel(a.astype(x.dtype), nd)
+    dx += x * ref.per_channel(coef_x, nd)
+    dx += ref.per_channel(const, nd)
+    return dx, dgamma, dbeta
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclass
+class Result:
+    """One measured (implementation, shape, pass) cell of the benchmark table."""
+
+    impl: str
+    shape: tuple[int, ...]
+    layout: str
+    dtype: str
+    which: str  # "forward", "backward" or "both"
+    median_ms: float
+    gb_per_s: float
+    fraction_of_copy: float
+    ratio_to_native: float | None = None
+
+
+def time_median(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+    """Median wall time of ``fn()`` in seconds, after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_bandwidth(numel: int, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+    """Measured copy bandwidth in GB/s for ``numel`` elements (bytes read plus written)."""
+    src = torch.randn(numel, device=device).to(dtype)
+    dst = torch.empty_like(src)
+    sec = time_median(lambda: dst.copy_(src), repeats, _sync(device))
+    return 2 * numel * src.element_size() / sec / 1e9
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def implementations(device: torch.device, compiled: bool) -> dict[str, dict[str, Callable]]:
+    """For each implementation, ``setup(x) -> state`` and ``forward``/``backward`` callables.
+
+    Every implementation gets the same tensor ``x`` (and ``dy``) and must compute BN in
+    training mode with batch statistics; ``backward`` computes ``dx``, ``dgamma``, ``dbeta``.
+    """
+
+    def torch_impl(fn: Callable) -> dict[str, Callable]:
+        def setup(x: torch.Tensor) -> dict:
+            c = x.shape[1]
+            w = torch.ones(c, device=x.device, requires_grad=True)
+            b = torch.zeros(c, device=x.device, requires_grad=True)
+            xr = x.detach().requires_grad_(True)
+            return {"x": xr, "w": w, "b": b, "dy": torch.randn_like(x)}
+
+        def forward(s: dict) -> torch.Tensor:
+            return fn(s["x"], s["w"], s["b"])
+
+        def both(s: dict) -> None:
+            y = forward(s)
+            torch.autograd.grad(y, (s["x"], s["w"], s["b"]), s["dy"])
+
+        return {"setup": setup, "forward": lambda s: forward(s).detach(), "both": both}
+
+    def native(x, w, b):  # noqa: ANN001, ANN202
+        return F.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
+
+    def ours(x, w, b):  # noqa: ANN001, ANN202
+        return BatchNormFunction.apply(x, w, b, 1e-5)[0]
+
+    impls = {"torch native": torch_impl(native), "bnlib autograd.Function": torch_impl(ours)}
+    if compiled:
+        impls["torch.compile"] = torch_impl(torch.compile(native, dynamic=False))
+    if device.type == "cpu":
+        def numpy_impl(fwd: Callable, bwd: Callable) -> dict[str, Callable]:
+            def setup(x: torch.Tensor) -> dict:
+                xn = x.detach().contiguous().numpy()
+                c = xn.shape[1]
+                return {"x": xn, "g": np.ones(c, xn.dtype), "b": np.zeros(c, xn.dtype),
+                        "dy": np.random.default_rng(0).standard_normal(xn.shape).astype(xn.dtype)}
+
+            def forward(s: dict) -> np.ndarray:
+                return fwd(s["x"], s["g"], s["b"])[0]
+
+            def both(s: dict) -> None:
+                _, cache = fwd(s["x"], s["g"], s["b"])
+                bwd(s["dy"], cache)
+
+            return {"setup": setup, "forward": forward, "both": both}
+
+        impls["NumPy reference (teaching)"] = numpy_impl(ref.batchnorm_forward,
+                                                         ref.batchnorm_backward)
+        impls["NumPy optimized"] = numpy_impl(batchnorm_forward_fast, batchnorm_backward_fast)
+    return impls
+
+
+def run(
+    shapes: list[tuple[int, ...]],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    layouts: tuple[str, ...] = ("NCHW", "channels_last"),
+    repeats: int = 10,
+    compiled: bool = False,
+) -> list[Result]:
+    """Time every implementation on every shape and layout; return the table's rows."""
+    rows: list[Result] = []
+    for shape in shapes:
+        numel = int(np.prod(shape))
+        copy_gbs = copy_bandwidth(numel, device, dtype, repeats)
+        for layout in layouts:
+            if layout == "channels_last" and len(shape) != 4:
+                continue
+            x = torch.randn(shape, device=device).to(dtype)
+            if layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            native_ms: dict[str, float] = {}
+            for name, impl in implementations(device, compiled).items():
+                if name.startswith("NumPy") and (layout != "NCHW" or dtype != torch.float32):
+                    continue
+                state = impl["setup"](x)
+                for which in ("forward", "both"):
+                    step = impl[which]
+                    sec = time_median(lambda step=step, state=state: step(state), repeats,
+                                      _sync(device))
+                    gbs = PASSES[which] * numel * x.element_size() / sec / 1e9
+                    if name == "torch native":
+                        native_ms[which] = sec * 1e3
+                    rows.append(Result(
+                        impl=name, shape=tuple(shape), layout=layout,
+                        dtype=str(dtype).removeprefix("torch."), which=which,
+                        median_ms=sec * 1e3, gb_per_s=gbs, fraction_of_copy=gbs / copy_gbs,
+                        ratio_to_native=(sec * 1e3 / native_ms[which]) if which in native_ms
+                        else None,
+                    ))
+    return rows
+
+
+def environment(device: torch.device) -> dict:
+    """Device, versions, threads and date: the provenance stored with every result."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "device": f"{device.type}: {name or platform.machine()}",
+        "torch": torch.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def format_table(rows: list[Result]) -> str:
+    """The rows as a fixed-width text table."""
+    head = (f"{'implementation':<28} {'shape':<18} {'layout':<13} {'pass':<8} "
+            f"{'ms':>8} {'GB/s':>7} {'of copy':>8} {'vs native':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ratio = f"{r.ratio_to_native:.2f}x" if r.ratio_to_native is not None else "-"
+        lines.append(f"{r.impl:<28} {str(r.shape):<18} {r.layout:<13} {r.which:<8} "
+                     f"{r.median_ms:8.3f} {r.gb_per_s:7.1f} {r.fraction_of_copy:8.0%} {ratio:>9}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Benchmark BN implementations (bnlib.bench).")
+    ap.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    ap.add_argument("--compile", action="store_true", help="include torch.compile (slow start)")
+    ap.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads")
+    ap.add_argument("--json", type=Path, default=Path("_build/bench/results.json"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.quick:
+        shapes, repeats = [(8, 16, 16, 16), (16, 32, 28, 28)], 5
+    elif device.type == "cuda":
+        shapes, repeats = [(32, 64, 56, 56), (256, 64, 56, 56)], 20
+    else:
+        shapes, repeats = [(8, 16, 16, 16), (32, 64, 56, 56)], 10
+    env = environment(device)
+    rows = run(shapes, device, repeats=repeats, compiled=args.compile)
+    print(f"{env['device']}, torch {env['torch']}, {env['threads']} CPU threads, {env['date']}")
+    print("Byte model: forward 3 passes, forward+backward 8 passes over the tensor.")
+    print(format_table(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"environment": env,
+                                     "results": [asdict(r) for r in rows]}, indent=1))
+    print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""bnlib.bench: the optimized NumPy BN equals the reference; the harness measures sanely."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bnlib import bench
+from bnlib import reference as ref
+
+
+@given(
+    shape=st.sampled_from([(4, 3), (5, 2, 7), (2, 3, 4, 5), (3, 2, 2, 3, 2)]),
+    offset=st.sampled_from([0.0, 5.0, -50.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fast_numpy_equals_reference_in_float64(shape, offset, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(offset, 2.0, size=shape)
+    gamma, beta = rng.normal(size=shape[1]), rng.normal(size=shape[1])
+    dy = rng.normal(size=shape)
+    y, cache = ref.batchnorm_forward(x, gamma, beta)
+    y_fast, cache_fast = bench.batchnorm_forward_fast(x, gamma, beta)
+    np.testing.assert_allclose(y_fast, y, rtol=1e-10, atol=1e-10)
+    for fast, slow in zip(bench.batchnorm_backward_fast(dy, cache_fast),
+                          ref.batchnorm_backward(dy, cache)):
+        np.testing.assert_allclose(fast, slow, rtol=1e-8, atol=1e-8)
+
+
+def test_fast_numpy_keeps_float32_and_its_accuracy():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(16, 8, 6, 6)) + 3.0).astype(np.float32)
+    g, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    y_fast, _ = bench.batchnorm_forward_fast(x, g, b)
+    y64, _ = ref.batchnorm_forward(x.astype(np.float64), g.astype(np.float64), b.astype(np.float64))
+    assert y_fast.dtype == np.float32
+    np.testing.assert_allclose(y_fast, y64, atol=1e-5)
+
+
+def test_fast_numpy_does_not_modify_its_input():
+    x = np.random.default_rng(1).normal(size=(4, 3, 2, 2))
+    before = x.copy()
+    bench.batchnorm_forward_fast(x, np.ones(3), np.zeros(3))
+    np.testing.assert_array_equal(x, before)
+
+
+def test_run_reports_every_implementation_with_bandwidth_and_ratios():
+    rows = bench.run([(4, 8, 6, 6)], torch.device("cpu"), repeats=2)
+    impls = {r.impl for r in rows}
+    assert {"torch native", "bnlib autograd.Function", "NumPy optimized",
+            "NumPy reference (teaching)"} <= impls
+    assert {r.layout for r in rows} == {"NCHW", "channels_last"}
+    for r in rows:
+        assert r.median_ms > 0 and r.gb_per_s > 0 and r.fraction_of_copy > 0
+        if r.impl == "torch native":
+            assert r.ratio_to_native == pytest.approx(1.0)
+    numel_bytes = 4 * 8 * 6 * 6 * 4
+    fwd = next(r for r in rows if r.impl == "torch native" and r.which == "forward")
+    assert fwd.gb_per_s == pytest.approx(3 * numel_bytes / (fwd.median_ms / 1e3) / 1e9)
+
+
+def test_main_writes_json_with_provenance(tmp_path, capsys, monkeypatch):
+    real_run = bench.run
+    monkeypatch.setattr(bench, "run", lambda shapes, device, **kw: real_run(
+        [(2, 4, 4, 4)], device, repeats=2, layouts=("NCHW",)))
+    out = tmp_path / "r.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert {"device", "torch", "threads", "date"} <= set(data["environment"])
+    assert data["results"] and "vs native" in capsys.readouterr().out
