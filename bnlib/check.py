@@ -36,6 +36,7 @@ from bnlib import reference as ref
 __all__ = [
     "batchnorm_forward", "batchnorm_backward", "spatial_batchnorm_forward", "fold_bn_into_conv",
     "standardize", "running_stats_update", "saturation_fraction", "importance_weights",
+    "inference_transform", "dropout_forward", "group_norm", "bn_bytes",
 ]
 
 # Two fp64 implementations that differ only in rounding agree to ~1e-12; the mistakes in the
@@ -1515,3 +1516,548 @@ def importance_weights(fn: Callable[..., Any]) -> bool:
     mistake otherwise.
     """
     return _check(_WEIGHTS, fn, _weights_cases())
+
+
+# --------------------------------------------------------------------------- Algorithm 2
+
+
+def _inference_variant(
+    *,
+    correction: Callable[[int, int], float] = lambda m, n: m / (m - 1),
+    population: Callable[[np.ndarray, np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
+    | None = None,
+    axis: int = 0,
+    eps_inside: bool = True,
+    root: bool = True,
+    use_gamma: bool = True,
+    use_beta: bool = True,
+) -> Callable[..., np.ndarray]:
+    """Algorithm 2's inference transform, right by default; each argument swaps in one mistake.
+
+    ``population(x, batch_means, batch_vars, factor)`` replaces the way E[x] and Var[x] are
+    estimated from the training batches (``factor`` is the chosen correction).
+    """
+
+    def solution(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, batch_means: np.ndarray,
+                 batch_vars: np.ndarray, m: int, eps: float) -> np.ndarray:
+        factor = correction(m, x.shape[0])
+        if population is None:
+            mean, var = batch_means.mean(axis=axis), factor * batch_vars.mean(axis=axis)
+        else:
+            mean, var = population(x, batch_means, batch_vars, factor)
+        spread = np.sqrt(var + eps) if eps_inside else np.sqrt(var) + eps
+        if not root:
+            spread = var + eps
+        y = (x - mean) / spread
+        return (gamma if use_gamma else 1.0) * y + (beta if use_beta else 0.0)
+
+    return solution
+
+
+def _ema_population(x: np.ndarray, means: np.ndarray, variances: np.ndarray,
+                    factor: float) -> tuple[np.ndarray, np.ndarray]:
+    mean, var = np.zeros(means.shape[1]), np.ones(means.shape[1])
+    for mu, v in zip(means, variances):
+        mean, var = 0.9 * mean + 0.1 * mu, 0.9 * var + 0.1 * factor * v
+    return mean, var
+
+
+_FIX_INFERENCE = (
+    "E[x] = batch_means.mean(axis=0), Var[x] = m / (m - 1) * batch_vars.mean(axis=0), and "
+    "y = gamma * (x - E[x]) / sqrt(Var[x] + eps) + beta."
+)
+
+_INFERENCE = _Exercise(
+    name="inference_transform",
+    outputs=("y",),
+    solution=_inference_variant(),
+    formula=_FIX_INFERENCE,
+    mistakes=(
+        _Mistake(
+            "Var[x] is the plain average of the biased batch variances; Algorithm 2 makes it "
+            "unbiased with the factor m / (m - 1): `m / (m - 1) * batch_vars.mean(axis=0)`.",
+            _inference_variant(correction=lambda m, n: 1.0),
+        ),
+        _Mistake(
+            "the correction factor is upside down: it is m / (m - 1) (> 1, the unbiased "
+            "estimate is larger than the biased one), not (m - 1) / m.",
+            _inference_variant(correction=lambda m, n: (m - 1) / m),
+        ),
+        _Mistake(
+            "the correction uses the number of rows of x, but m is the size of the training "
+            "mini-batches the variances came from: use the argument `m`.",
+            _inference_variant(correction=lambda m, n: n / (n - 1)),
+        ),
+        _Mistake(
+            "you normalized x with its own statistics (training-mode BN at inference): "
+            "Algorithm 2 uses the population estimates from the training batches, so each "
+            "output depends on its own input only. " + _FIX_INFERENCE,
+            _inference_variant(population=lambda x, bm, bv, f: (x.mean(axis=0), x.var(axis=0))),
+        ),
+        _Mistake(
+            "you used the last training batch's statistics only; Algorithm 2 averages over "
+            "all the training batches: " + _FIX_INFERENCE,
+            _inference_variant(population=lambda x, bm, bv, f: (bm[-1], f * bv[-1])),
+        ),
+        _Mistake(
+            "you took an exponential moving average of the batch statistics (what PyTorch's "
+            "running buffers do); Algorithm 2 averages all batches with equal weight: "
+            "`batch_means.mean(axis=0)`.",
+            _inference_variant(population=_ema_population),
+        ),
+        _Mistake(
+            "Var[x] is the variance of the batch means; it is the (corrected) mean of the "
+            "batch variances: `m / (m - 1) * batch_vars.mean(axis=0)`.",
+            _inference_variant(population=lambda x, bm, bv, f: (bm.mean(axis=0),
+                                                                 bm.var(axis=0, ddof=1))),
+        ),
+        _Mistake(
+            "you averaged the batch standard deviations and squared the result; average the "
+            "variances themselves: `m / (m - 1) * batch_vars.mean(axis=0)`.",
+            _inference_variant(population=lambda x, bm, bv, f: (
+                bm.mean(axis=0), f * np.sqrt(bv).mean(axis=0) ** 2)),
+        ),
+        _Mistake(
+            "your averages run over axis 1 (over features); average over axis 0, over the "
+            "training batches: `batch_means.mean(axis=0)`.",
+            _inference_variant(axis=1),
+        ),
+        _Mistake(
+            "eps belongs inside the square root: `np.sqrt(var + eps)`, not `np.sqrt(var) + eps`.",
+            _inference_variant(eps_inside=False),
+        ),
+        _Mistake(
+            "you divided by the variance; divide by the standard deviation `np.sqrt(var + eps)`.",
+            _inference_variant(root=False),
+        ),
+        _Mistake("the output is not scaled by gamma: `y = gamma * x_hat + beta`.",
+                 _inference_variant(use_gamma=False)),
+        _Mistake("the output is not shifted by beta: `y = gamma * x_hat + beta`.",
+                 _inference_variant(use_beta=False)),
+    ),
+)
+
+
+def _inference_cases() -> list[_Case]:
+    """K training batches of size m, with K == D (an axis mistake keeps the right shape) and a
+    test batch of N != m rows; gamma and beta are not 1 and 0, so neither can be forgotten."""
+    rng = np.random.default_rng(8)
+
+    def case(name: str, d: int, n: int, m: int, loc: np.ndarray, scale: np.ndarray,
+             eps: float) -> _Case:
+        batches = loc + scale * rng.standard_normal((d, m, d))  # K = d batches of (m, d)
+        x = loc + scale * rng.standard_normal((n, d))
+        return _Case(name, {
+            "x": x, "gamma": rng.uniform(0.5, 2.0, d) * rng.choice([-1.0, 1.0], d),
+            "beta": rng.uniform(-1.0, 1.0, d), "batch_means": batches.mean(axis=1),
+            "batch_vars": batches.var(axis=1), "m": m, "eps": eps,
+        })
+
+    return [
+        case("4 features, batches of m=10, eps=1e-5", 4, 7, 10, rng.uniform(-2, 2, 4),
+             rng.uniform(0.5, 3, 4), 1e-5),
+        case("batches of m=2 (correction factor 2)", 3, 5, 2, rng.uniform(-2, 2, 3),
+             rng.uniform(0.5, 2, 3), 1e-5),
+        case("large offset, |mean| ~ 1e3", 5, 6, 16, np.array([1e3, -1e3, 500.0, 0.0, 2.0]),
+             rng.uniform(0.5, 3, 5), 1e-5),
+        case("eps=0.1, small spread", 3, 4, 8, rng.uniform(-1, 1, 3), np.full(3, 0.2), 0.1),
+        case("feature 2 is constant (variance 0), eps=1e-3", 3, 9, 6, rng.uniform(-1, 1, 3),
+             np.array([1.0, 2.0, 0.0]), 1e-3),
+        case("a test batch of two examples", 6, 2, 32, rng.uniform(-3, 3, 6),
+             rng.uniform(0.2, 4, 6), 1e-5),
+    ]
+
+
+def inference_transform(fn: Callable[..., Any]) -> bool:
+    """Check the reader's inference-time BN of Algorithm 2 (Ioffe and Szegedy, 2015).
+
+    ``fn(x, gamma, beta, batch_means, batch_vars, m, eps)`` takes test inputs ``x`` of shape
+    ``(N, D)``, the learned ``gamma`` and ``beta`` ``(D,)``, the means and (biased)
+    variances of ``K`` training mini-batches of size ``m``, both ``(K, D)``, and ``eps``; it
+    returns ``y`` ``(N, D)``: ``gamma * (x - E[x]) / sqrt(Var[x] + eps) + beta`` with
+    ``E[x]`` the average batch mean and ``Var[x] = m / (m - 1)`` times the average batch
+    variance. It must not change its inputs in place.
+
+    Returns ``True`` (and prints one line) when every case passes, ``False`` while ``fn`` is
+    the untouched ``NotImplementedError`` stub; raises ``AssertionError`` naming the likely
+    mistake otherwise.
+    """
+    return _check(_INFERENCE, fn, _inference_cases())
+
+
+# --------------------------------------------------------------------------- dropout
+# Dropout's output is random, so it cannot be compared with a right answer entry by entry.
+# Its checker tests statistics and structure instead, on seeded generators: evaluation is the
+# identity; in training every entry is either 0 or x / (1 - p); the zeros make up a fraction
+# p (to many binomial standard deviations); masks differ across rows and across calls; and
+# the same seed gives the same output (the mask comes from the ``rng`` argument).
+
+_DROPOUT_FRACTION_TOL = 0.04  # >= 6 binomial standard deviations on the sizes used below
+_DROPOUT_RTOL = 1e-5  # kept values are x / (1 - p) up to float32 rounding
+
+
+def _dropout_inputs(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Float64 values with magnitudes in [0.5, 2] and random signs: no zeros, so a zero in
+    the output is a dropped entry, and no two scalings of ``x`` look alike."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def _dropout_run(fn: Callable[..., Any], x: np.ndarray, p: float, training: bool,
+                 seed: int, name: str) -> np.ndarray:
+    """The reader's ``y`` for one call, with a fresh ``default_rng(seed)``; shape checked."""
+    case = _Case(name, {"x": x, "p": p, "training": training,
+                        "rng": np.random.default_rng(seed)})
+    (y,) = _unpack(_call(fn, case), ("y",))
+    if y.shape != x.shape:
+        raise _Failed(f"y has shape {y.shape} but x has shape {x.shape}, on {case.describe()}: "
+                      "dropout keeps the shape (a mask of x's shape, multiplied entry by entry).")
+    if not np.all(np.isfinite(y)):
+        raise _Failed(f"y contains NaN or inf on {case.describe()}.")
+    return y
+
+
+def _dropout_eval_problem(x: np.ndarray, y: np.ndarray, p: float) -> str | None:
+    if np.allclose(y, x, rtol=_DROPOUT_RTOL, atol=0):
+        return None
+    if np.allclose(y, (1 - p) * x, rtol=_DROPOUT_RTOL, atol=0):
+        return ("in evaluation you multiplied x by (1 - p): that is the original dropout, "
+                "which does not rescale in training. Inverted dropout already divided the kept "
+                "units by (1 - p) in training, so evaluation returns x unchanged.")
+    if np.allclose(y, x / (1 - p), rtol=_DROPOUT_RTOL, atol=0):
+        return ("in evaluation you divided x by (1 - p): the rescaling belongs to training "
+                "only; with training=False return x unchanged.")
+    if np.mean(y == 0) > 0.01:
+        return ("you drop units in evaluation too (training=False gave zeros): at test time "
+                "every unit is used, so return x unchanged when training is False.")
+    return ("with training=False y should equal x (inverted dropout needs no rescaling in "
+            f"evaluation); the largest difference is {np.max(np.abs(y - x)):.3g}.")
+
+
+def _dropout_train_problem(x: np.ndarray, y: np.ndarray, p: float) -> str | None:
+    kept = y != 0
+    frac = 1.0 - kept.mean()  # the fraction of zeros
+    ratio = y[kept] / x[kept]
+
+    def scaled_by(c: float) -> bool:
+        return ratio.size > 0 and bool(np.allclose(ratio, c, rtol=_DROPOUT_RTOL, atol=0))
+
+    near = lambda f: abs(frac - f) < _DROPOUT_FRACTION_TOL  # noqa: E731
+    where = f"with p={p}, a fraction {frac:.3f} of the entries is zero"
+    if not near(p) and near(1 - p):
+        if scaled_by(1 / p) or scaled_by(1.0):
+            return (f"{where}, not p: you read p as the probability to KEEP a unit. In this "
+                    "book (and PyTorch) p is the probability to DROP one: keep with "
+                    "probability 1 - p and scale the kept units by 1 / (1 - p).")
+        return (f"{where}, about 1 - p: your mask keeps a unit when the uniform number is "
+                "below p (`rng.random(x.shape) < p`), which keeps a fraction p. Keep it when "
+                "`rng.random(x.shape) >= p`, so that a fraction p is dropped.")
+    if scaled_by(1 / (1 - p)):
+        pass
+    elif scaled_by(1.0):
+        return ("the kept units are not rescaled: multiply them by 1 / (1 - p) in training "
+                "(inverted dropout), so that E[y] = x and evaluation needs no rescaling.")
+    elif scaled_by(1 - p):
+        return ("you multiplied the kept units by (1 - p); inverted dropout DIVIDES them by "
+                "(1 - p), so that the expected output equals x.")
+    elif scaled_by(1 / p):
+        return ("you divided the kept units by p; divide by the keep probability 1 - p, so "
+                "that the expected output equals x.")
+    else:
+        return ("every entry of y should be either 0 (dropped) or x / (1 - p) (kept); the "
+                f"kept entries are x times values from {ratio.min():.4g} to {ratio.max():.4g} "
+                f"(expected {1 / (1 - p):.4g}).")
+    rows = kept.reshape(len(kept), -1)
+    if len(rows) > 1 and np.all(rows == rows[0]):
+        return ("every example in the batch has the same mask: one mask shared across the "
+                "batch. Draw a mask of x's full shape, `rng.random(x.shape)`, not one of "
+                "shape (D,) broadcast over the rows.")
+    if np.all(rows.all(axis=1) | ~rows.any(axis=1)):
+        return ("you drop whole examples (every row is kept or zeroed as a whole): draw one "
+                "number per entry, `rng.random(x.shape)`, not one per row.")
+    if not near(p):
+        return (f"{where}, expected about p: drop each entry independently with probability "
+                "p, e.g. `keep = rng.random(x.shape) >= p`.")
+    return None
+
+
+def dropout_forward(fn: Callable[..., Any]) -> bool:
+    """Check the reader's inverted dropout.
+
+    ``fn(x, p, training, rng)`` takes ``x`` of any shape (``(N, D)`` here, and one 3-D case),
+    the drop probability ``p`` in [0, 1), a bool and a ``numpy.random.Generator``; it
+    returns ``y`` of ``x``'s shape: in training each entry is 0 with probability ``p``,
+    independently, else ``x / (1 - p)``, the mask drawn from ``rng``; in evaluation ``y = x``.
+
+    Random outputs are checked by statistics and structure with seeded generators (see the
+    comment above). Returns ``True`` (and prints one line) when every check passes,
+    ``False`` while ``fn`` is the untouched ``NotImplementedError`` stub; raises
+    ``AssertionError`` naming the likely mistake otherwise.
+    """
+    checks = 0
+    try:
+        for p, shape, seed in ((0.2, (400, 30), 1), (0.7, (300, 40), 2), (0.5, (60, 10, 8), 3)):
+            x = _dropout_inputs(shape, seed)
+            name = f"p={p}, x of shape {shape}"
+            y = _dropout_run(fn, x, p, False, seed, f"evaluation, {name}")
+            if problem := _dropout_eval_problem(x, y, p):
+                raise _Failed(problem)
+            y = _dropout_run(fn, x, p, True, seed, f"training, {name}")
+            if problem := _dropout_train_problem(x, y, p):
+                raise _Failed(f"{problem} (case: training, {name})")
+            checks += 2
+        x = _dropout_inputs((200, 20), 4)
+        y = _dropout_run(fn, x, 0.0, True, 4, "training, p=0")
+        if not np.allclose(y, x, rtol=_DROPOUT_RTOL, atol=0):
+            raise _Failed("with p=0 nothing should be dropped or rescaled (y = x), but y "
+                          "differs from x.")
+        case = _Case("two calls", {"x": x, "p": 0.5, "training": True,
+                                   "rng": np.random.default_rng(5)})
+        first, second = (_unpack(_call(fn, case), ("y",))[0] for _ in range(2))
+        if np.array_equal(first != 0, second != 0):
+            raise _Failed("two calls with the same generator gave the same mask: the mask must "
+                          "be new on every call. Draw it from the `rng` argument each time; "
+                          "do not create a generator with a fixed seed inside your function.")
+        again = [_dropout_run(fn, x, 0.5, True, 6, "same seed") for _ in range(2)]
+        if not np.array_equal(again[0], again[1]):
+            raise _Failed("two fresh generators with the same seed gave different masks: your "
+                          "mask does not come from the `rng` argument (np.random.* or torch's "
+                          "global generator?). Draw it with `rng.random(x.shape)`, so runs are "
+                          "reproducible.")
+        checks += 3
+    except _NotDone:
+        print("dropout_forward: not done yet — replace the NotImplementedError stub, "
+              "then run this cell again.")
+        return False
+    except _Failed as failure:
+        raise AssertionError(f"dropout_forward: {failure}") from None
+    print(f"dropout_forward: all {checks} checks pass ✓")
+    return True
+
+
+# --------------------------------------------------------------------------- group norm
+
+
+def _gn_variant(
+    *,
+    split: str = "contiguous",  # how channels form groups: "contiguous", "strided", "channel"
+    stat_axes: tuple[int, ...] = (2, 3),  # axes of the (N, G, C/G, S) view the stats run over
+    ddof: int = 0,
+    eps_inside: bool = True,
+    affine: bool = True,
+    one_group: bool = False,
+) -> Callable[..., np.ndarray]:
+    """A group-norm forward pass, right by default; each argument swaps in one wrong step."""
+
+    def solution(x: np.ndarray, num_groups: int, gamma: np.ndarray, beta: np.ndarray,
+                 eps: float) -> np.ndarray:
+        n, c = x.shape[:2]
+        g = 1 if one_group else (c if split == "channel" else num_groups)
+        flat = x.reshape(n, c, -1)  # (N, C, S)
+        if split == "strided":  # channel k joins group k % G
+            view = flat.reshape(n, c // g, g, -1).transpose(0, 2, 1, 3)
+        else:
+            view = flat.reshape(n, g, c // g, -1)  # (N, G, C/G, S)
+        mean = view.mean(axis=stat_axes, keepdims=True)
+        var = view.var(axis=stat_axes, ddof=ddof, keepdims=True)
+        std = np.sqrt(var + eps) if eps_inside else np.sqrt(var) + eps
+        x_hat = (view - mean) / std
+        if split == "strided":
+            x_hat = x_hat.transpose(0, 2, 1, 3)
+        x_hat = x_hat.reshape(x.shape)
+        if not affine:
+            return x_hat
+        return ref.per_channel(gamma, x.ndim) * x_hat + ref.per_channel(beta, x.ndim)
+
+    return solution
+
+
+_GROUP_NORM = _Exercise(
+    name="group_norm",
+    outputs=("y",),
+    solution=lambda x, num_groups, gamma, beta, eps: ref.group_norm(x, num_groups, gamma, beta,
+                                                                    eps),
+    formula="view x as (N, G, C // G * H * W), normalize each row with its mean and biased "
+    "variance, sqrt(var + eps), reshape back to (N, C, H, W), then gamma and beta per channel.",
+    mistakes=(
+        _Mistake(
+            "your output matches statistics taken over the batch too (axis 0 included): group "
+            "norm normalizes every sample on its own; average over the group's channels and "
+            "positions only, never over samples.",
+            _gn_variant(stat_axes=(0, 2, 3)),
+        ),
+        _Mistake(
+            "your output matches one mean and variance per channel (instance norm): group the "
+            "channels first, `x.reshape(N, num_groups, -1)`, and average over each group.",
+            _gn_variant(split="channel"),
+        ),
+        _Mistake(
+            "your output matches groups of channels taken with a stride (channel k in group "
+            "k % num_groups): groups are consecutive channels, `x.reshape(N, num_groups, "
+            "C // num_groups, ...)`, not `x.reshape(N, C // num_groups, num_groups, ...)`.",
+            _gn_variant(split="strided"),
+        ),
+        _Mistake(
+            "your output matches statistics per position (over the group's channels but not "
+            "over H and W): include the spatial axes, one mean per (sample, group).",
+            _gn_variant(stat_axes=(2,)),
+        ),
+        _Mistake(
+            "your output matches the unbiased variance (ddof=1): normalize with the biased "
+            "variance, dividing by the number of values, `var(..., ddof=0)`.",
+            _gn_variant(ddof=1),
+        ),
+        _Mistake(
+            "your output matches eps added outside the square root: use `np.sqrt(var + eps)`, "
+            "not `np.sqrt(var) + eps`.",
+            _gn_variant(eps_inside=False),
+        ),
+        _Mistake(
+            "your output matches x_hat without gamma and beta: finish with "
+            "`gamma[None, :, None, None] * x_hat + beta[None, :, None, None]`.",
+            _gn_variant(affine=False),
+        ),
+        _Mistake(
+            "your output matches a single group (layer norm) whatever num_groups is: split "
+            "the channels into `num_groups` groups.",
+            _gn_variant(one_group=True),
+        ),
+    ),
+)
+
+
+def _group_norm_cases() -> list[_Case]:
+    rng = np.random.default_rng(11)
+    specs = [  # (name, shape, num_groups, loc, scale, eps)
+        ("typical: 6 channels in 3 groups", (4, 6, 3, 5), 3, 0.0, 1.0, 1e-5),
+        ("a batch of 2, 8 channels in 2 groups", (2, 8, 4, 3), 2, 1.0, 2.0, 1e-5),
+        ("a batch of 1 (group norm does not need a batch)", (1, 4, 5, 5), 2, -0.5, 1.0, 1e-3),
+        ("large offset, |mean| ~ 1e3, 4 groups of 3", (3, 12, 2, 3), 4, 1e3, 0.5, 1e-5),
+        ("tiny variance ~1e-8 so eps matters", (3, 6, 3, 2), 3, 0.0, 1e-4, 1e-5),
+        ("one group of 4 channels (layer norm)", (5, 4, 2, 2), 1, 2.0, 3.0, 0.1),
+    ]
+    cases = []
+    for name, shape, g, loc, scale, eps in specs:
+        c = shape[1]
+        channel_loc = loc + rng.uniform(-1.0, 1.0, (1, c, 1, 1))  # channels differ
+        x = channel_loc + scale * rng.uniform(0.5, 2.0, (1, c, 1, 1)) * rng.standard_normal(shape)
+        gamma, beta = rng.uniform(0.5, 2.0, c), rng.uniform(-1.0, 1.0, c)
+        cases.append(_Case(name, {"x": x, "num_groups": g, "gamma": gamma, "beta": beta,
+                                  "eps": eps}))
+    return cases
+
+
+def group_norm(fn: Callable[..., Any]) -> bool:
+    """Check the reader's group normalization forward pass.
+
+    ``fn(x, num_groups, gamma, beta, eps)`` takes ``x`` of shape ``(N, C, H, W)`` (``C``
+    divisible by ``num_groups``), ``gamma`` and ``beta`` of shape ``(C,)``; it returns ``y``
+    of shape ``(N, C, H, W)``: each sample's consecutive groups of ``C // num_groups``
+    channels normalized over their channels and positions with the biased variance, then
+    scaled and shifted per channel (``torch.nn.functional.group_norm``).
+
+    Returns ``True`` (and prints one line) when every case passes, ``False`` while ``fn`` is
+    the untouched ``NotImplementedError`` stub; raises ``AssertionError`` naming the likely
+    mistake otherwise.
+    """
+    return _check(_GROUP_NORM, fn, _group_norm_cases())
+
+
+# --------------------------------------------------------------------------- bytes moved by BN
+
+
+_PASSES = {"forward": 3, "backward": 5}  # the byte model of bnlib.bench (reads + writes)
+
+
+def _bytes_variant(
+    forward: float = 3, backward: float = 5, unit: float = 1.0, use_dtype: bool = True,
+    spatial: bool = True,
+) -> Callable[..., np.ndarray]:
+    """The byte count with some passes, units or factors changed: the right one and mistakes."""
+
+    def solution(shape: tuple[int, ...], dtype_bytes: int, which: str) -> np.ndarray:
+        numel = int(np.prod(shape if spatial else shape[:2]))
+        passes = forward if which == "forward" else backward
+        return np.asarray(passes * numel * (dtype_bytes if use_dtype else 1) * unit, float)
+
+    return solution
+
+
+_BN_BYTES = _Exercise(
+    name="bn_bytes",
+    outputs=("bytes",),
+    solution=_bytes_variant(),
+    formula="forward 3 * numel * dtype_bytes (read x twice, write y); backward 5 * numel * "
+            "dtype_bytes (read dy and x twice each, write dx)",
+    mistakes=(
+        _Mistake(
+            "your count matches forgetting the write: the output (y forward, dx backward) "
+            "also crosses the memory bus, one more pass.",
+            _bytes_variant(forward=2, backward=4),
+        ),
+        _Mistake(
+            "your count matches reading x (and dy) only once: the statistics must be known "
+            "before any output can be written, so each input is read twice, once to reduce "
+            "and once to normalize.",
+            _bytes_variant(forward=2, backward=3),
+        ),
+        _Mistake(
+            "your count matches bits, not bytes: dtype_bytes is already in bytes (4 for "
+            "float32), do not multiply by 8.",
+            _bytes_variant(unit=8.0),
+        ),
+        _Mistake(
+            "your count matches elements, not bytes: multiply the number of elements by "
+            "dtype_bytes.",
+            _bytes_variant(use_dtype=False),
+        ),
+        _Mistake(
+            "your backward count matches reading only dy: the backward also needs x (for "
+            "x_hat) in both the reduction pass and the dx pass, 5 passes in all.",
+            _bytes_variant(backward=3),
+        ),
+        _Mistake(
+            "your count matches N * C elements: multiply all dimensions of the shape, the "
+            "spatial ones too (`math.prod(shape)`).",
+            _bytes_variant(spatial=False),
+        ),
+        _Mistake(
+            "your count matches gigabytes: return bytes, not bytes / 1e9.",
+            _bytes_variant(unit=1e-9),
+        ),
+        _Mistake(
+            "your backward count matches forward plus backward (8 passes): count the "
+            "backward alone, 5 passes.",
+            _bytes_variant(backward=8),
+        ),
+    ),
+)
+
+
+def _bytes_cases() -> list[_Case]:
+    specs = [  # (name, shape, dtype_bytes, which)
+        ("float32 forward, NCHW", (8, 16, 16, 16), 4, "forward"),
+        ("float32 backward, NCHW", (8, 16, 16, 16), 4, "backward"),
+        ("float16 forward, (N, D)", (32, 10), 2, "forward"),
+        ("float64 backward, (N, D)", (6, 5), 8, "backward"),
+        ("bfloat16 backward, NCHW", (2, 3, 7, 5), 2, "backward"),
+        ("float64 forward, NCDHW", (2, 4, 3, 3, 3), 8, "forward"),
+    ]
+    return [_Case(name, {"shape": shape, "dtype_bytes": s, "which": which})
+            for name, shape, s, which in specs]
+
+
+def bn_bytes(fn: Callable[..., Any]) -> bool:
+    """Check the reader's byte model of training-mode BN (the one :mod:`bnlib.bench` uses).
+
+    ``fn(shape, dtype_bytes, which)`` takes a tensor shape ``(N, C, *spatial)``, the bytes
+    per element (4 for float32) and ``which`` (``"forward"`` or ``"backward"``); it returns
+    the bytes that must cross the memory bus: ``3 * numel * dtype_bytes`` forward (read
+    ``x`` twice, write ``y``), ``5 * numel * dtype_bytes`` backward (read ``dy`` and ``x``
+    twice, write ``dx``).
+
+    Returns ``True`` (and prints one line) when every case passes, ``False`` while ``fn`` is
+    the untouched ``NotImplementedError`` stub; raises ``AssertionError`` naming the likely
+    mistake otherwise.
+    """
+    return _check(_BN_BYTES, fn, _bytes_cases())

@@ -4,7 +4,11 @@
 
 * ``None``: none;
 * ``"bn"``: :class:`bnlib.torch_bn.BatchNorm` (this book's implementation);
-* ``"torch_bn"``: ``torch.nn.BatchNorm1d/2d`` (PyTorch's own, for comparisons).
+* ``"torch_bn"``: ``torch.nn.BatchNorm1d/2d`` (PyTorch's own, for comparisons);
+* ``"gn"``: ``torch.nn.GroupNorm`` with ``min(GN_GROUPS, C)`` groups (fewer if that does not
+  divide ``C``), statistics per example over a group of channels;
+* ``"ln"``: layer norm, ``torch.nn.GroupNorm`` with one group: each example normalized over
+  all its channels (and positions), with per-channel scale and shift.
 
 ``placement="before"`` puts BN before the nonlinearity (Linear -> BN -> act, as in the
 paper); ``"after"`` puts it after (Linear -> act -> BN). When BN directly follows a layer,
@@ -20,7 +24,8 @@ from torch import nn
 from bnlib.torch_bn import BatchNorm
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-NORMS = (None, "bn", "torch_bn")
+NORMS = (None, "bn", "torch_bn", "gn", "ln")
+GN_GROUPS = 4  # groups of "gn" (Wu & He use 32 groups of wide layers; our layers are narrow)
 PLACEMENTS = ("before", "after")
 
 
@@ -32,6 +37,11 @@ def norm_layer(norm: str | None, num_features: int, spatial: bool) -> nn.Module 
         return None
     if norm == "bn":
         return BatchNorm(num_features)
+    if norm in ("gn", "ln"):
+        groups = 1 if norm == "ln" else min(GN_GROUPS, num_features)
+        while num_features % groups:
+            groups -= 1
+        return nn.GroupNorm(groups, num_features)
     return nn.BatchNorm2d(num_features) if spatial else nn.BatchNorm1d(num_features)
 
 
@@ -44,7 +54,8 @@ def _block(
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     bn = norm_layer(norm, n_out, spatial)
-    bias = bn is None or placement == "after"
+    # GN/LN average over several channels, so a per-channel bias before them is not cancelled.
+    bias = bn is None or placement == "after" or norm in ("gn", "ln")
     body: list[nn.Module] = [layer(n_in, n_out, bias=bias, **layer_kw)]
     act = ACTIVATIONS[activation]()
     if bn is None:
@@ -112,6 +123,23 @@ def insert_after(
         if isinstance(layer, kind):
             layers.append(make(layer))
     return nn.Sequential(*layers)
+
+
+def init_normal_(model: nn.Module, std: float) -> nn.Module:
+    """Draw every ``nn.Linear``/``nn.Conv2d`` weight from ``N(0, std^2)`` and zero its bias.
+
+    The fixed-scale initialization of the paper-reproduction chapter (e.g. ``std=1``, or a sweep
+    over ``std``), in place of PyTorch's fan-in scaled default; normalization layers keep
+    ``weight=1, bias=0``. Uses the global torch RNG; returns ``model``.
+    """
+    if not std > 0:
+        raise ValueError(f"std must be positive, got {std}")
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
 
 
 class _ImageInput(nn.Module):

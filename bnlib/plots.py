@@ -246,3 +246,25 @@ def quantile_band(
     ax.fill_between(steps, q[:, 0], q[:, 2], color=color, alpha=0.25, linewidth=0)
     ax.plot(steps, q[:, 1], color=color, label=label)
     ax.legend()
+
+
+def value_scatter(
+    ax: plt.Axes, points: dict[str, np.ndarray], values: dict[str, np.ndarray],
+    xlabel: str, ylabel: str, value_label: str, size: float = 45,
+) -> None:
+    """Scatter plots of ``{label: (N, 2) points}``, each point coloured by its value in
+    ``{label: (N,) values}`` on one shared colour scale (with a colour bar labelled
+    ``value_label``); the labels get different markers. E.g. a hyperparameter search:
+    points ``(log10 lr, log10 wd)``, values the validation accuracy."""
+    every = np.concatenate([np.ravel(v) for v in values.values()])
+    norm = mpl.colors.Normalize(vmin=float(every.min()), vmax=float(every.max()))
+    mapped = None
+    for (label, p), marker in zip(points.items(), "os^Dv"):
+        p = np.asarray(p)
+        mapped = ax.scatter(p[:, 0], p[:, 1], c=values[label], cmap="viridis", norm=norm,
+                            s=size, marker=marker, edgecolors=COLORS["neutral"],
+                            linewidths=0.5, label=label)
+    ax.figure.colorbar(mapped, ax=ax, label=value_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()

@@ -597,3 +597,69 @@ def gd_steps_to_converge(
         else:
             low = mid
     return high
+
+
+# --------------------------------------------------------------------------- batch-free norms
+# Normalizations whose statistics come from one example, not from the batch (the batch-size
+# chapter): each sample is normalized on its own, so batch size does not matter at all.
+
+
+def group_norm(
+    x: np.ndarray, num_groups: int, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5
+) -> np.ndarray:
+    """Group Normalization (Wu & He, 2018), equal to ``torch.nn.functional.group_norm``.
+
+    Inputs:
+        x: ``(N, C, *spatial)``; ``C`` must be divisible by ``num_groups``.
+        num_groups: ``G``; each sample's channels are split into ``G`` consecutive groups of
+            ``C // G``, and each (sample, group) is normalized over its channels and spatial
+            positions with the biased variance. ``G = 1`` is layer norm over ``(C, *spatial)``,
+            ``G = C`` is instance norm.
+        gamma, beta: ``(C,)`` per-channel scale and shift.
+    Returns ``y`` with the shape of ``x``.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"expected (N, C, *spatial) input, got shape {x.shape}")
+    n, c = x.shape[:2]
+    if num_groups < 1 or c % num_groups:
+        raise ValueError(f"{c} channels cannot be split into {num_groups} groups")
+    _check_param("gamma", gamma, c)
+    _check_param("beta", beta, c)
+    groups = x.reshape(n, num_groups, -1)  # (N, G, C/G * spatial)
+    mean = groups.mean(axis=2, keepdims=True)
+    var = np.square(groups - mean).mean(axis=2, keepdims=True)  # two-pass, biased
+    x_hat = ((groups - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    return per_channel(gamma, x.ndim) * x_hat + per_channel(beta, x.ndim)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Layer Normalization (Ba et al., 2016) as used after conv layers: one group per sample.
+
+    ``x`` ``(N, C, *spatial)`` or ``(N, C)``; each sample is normalized over all its non-batch
+    axes, then scaled and shifted per channel by ``gamma``, ``beta`` ``(C,)``. (For ``(N, D)``
+    input this is ``torch.nn.LayerNorm(D)``; for feature maps it is ``group_norm`` with
+    ``num_groups=1``.)
+    """
+    return group_norm(x, 1, gamma, beta, eps)
+
+
+# --------------------------------------------------------------------------- dropout
+
+
+def dropout_forward(
+    x: np.ndarray, p: float, training: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """Inverted dropout (Srivastava et al., 2014, as PyTorch implements it).
+
+    In training every entry of ``x`` (any shape, e.g. ``(N, D)``) is dropped (set to 0)
+    independently with probability ``p``, and every kept entry is scaled by ``1 / (1 - p)``,
+    so ``E[y] = x``; the mask is drawn from ``rng``, one uniform number per entry. In
+    evaluation (``training=False``) ``x`` is returned unchanged: no rescaling is needed.
+    Returns ``y`` of the shape and dtype of ``x``, a new array in training.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
+    if not training:
+        return x
+    keep = rng.random(x.shape) >= p  # dropped when the uniform number is below p
+    return x * keep / (1.0 - p)

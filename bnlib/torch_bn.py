@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -421,3 +421,251 @@ def fold_model(model: nn.Module) -> nn.Module:
                 setattr(seq, name, fold_bn_into_conv(conv, bn))
                 setattr(seq, bn_name, nn.Identity())
     return folded
+
+
+# --------------------------------------------------------------------------- batch-size variants
+# The batch-size chapter: BN variants for batches that are too large, too small, not i.i.d.,
+# or spread over several processes. All keep BatchNorm's constructor, parameters, buffers and
+# eval-mode behaviour; only the training-mode statistics differ.
+
+
+class GhostBatchNorm(BatchNorm):
+    """Ghost Batch Normalization (Hoffer et al., 2017): BN over chunks of a large batch.
+
+    In training mode the batch ``(N, C, *spatial)`` is split along dim 0 into consecutive
+    "ghost batches" of ``ghost_batch_size`` examples (the last one may be smaller); each
+    chunk is normalized with its own statistics and updates the running statistics in turn,
+    as if it were a separate mini-batch. Eval mode uses the running statistics, like
+    :class:`BatchNorm`. With ``ghost_batch_size >= N`` it is exactly :class:`BatchNorm`.
+    Other arguments as in :class:`BatchNorm`.
+    """
+
+    def __init__(self, num_features: int, ghost_batch_size: int, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        if ghost_batch_size < 2:
+            raise ValueError(f"ghost_batch_size must be at least 2, got {ghost_batch_size}")
+        super().__init__(num_features, *args, **kwargs)
+        self.ghost_batch_size = ghost_batch_size
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.dim() < 2 or x.shape[0] <= self.ghost_batch_size:
+            return super().forward(x)
+        chunks = list(x.split(self.ghost_batch_size, dim=0))
+        for chunk in chunks:  # check every chunk before any running statistic moves
+            check_input(chunk, self.num_features, training=True)
+        return torch.cat([super(GhostBatchNorm, self).forward(chunk) for chunk in chunks])
+
+
+class BatchRenorm(BatchNorm):
+    r"""Batch Renormalization (Ioffe, 2017): BN corrected towards the running statistics.
+
+    In training mode, with batch statistics :math:`\mu_B`, :math:`\sigma_B = \sqrt{\sigma_B^2
+    + \epsilon}` and running ones :math:`\mu`, :math:`\sigma = \sqrt{\mathrm{running\_var} +
+    \epsilon}` (before this batch updates them),
+
+    .. math:: r = \mathrm{clip}_{[1/r_{max}, r_{max}]}(\sigma_B / \sigma), \quad
+              d = \mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \mu) / \sigma), \quad
+              y = \gamma \left(\frac{x - \mu_B}{\sigma_B} r + d\right) + \beta,
+
+    with ``r`` and ``d`` treated as constants (no gradient flows through them). Unclipped,
+    ``y`` equals what eval mode computes, so training and inference agree; ``r_max=1,
+    d_max=0`` gives plain BN. The running statistics are updated as in :class:`BatchNorm`
+    (momentum, unbiased variance); the paper starts with ``r_max=1, d_max=0`` and relaxes
+    them during training, which a caller does by setting the attributes. Other arguments as
+    in :class:`BatchNorm` (``track_running_stats`` must be ``True``).
+    """
+
+    def __init__(self, num_features: int, r_max: float = 3.0, d_max: float = 5.0,
+                 *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(num_features, *args, **kwargs)
+        if not self.track_running_stats:
+            raise ValueError("BatchRenorm needs running statistics (track_running_stats=True)")
+        if r_max < 1.0 or d_max < 0.0:
+            raise ValueError(f"need r_max >= 1 and d_max >= 0, got {r_max} and {d_max}")
+        self.r_max, self.d_max = r_max, d_max
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, r_max={self.r_max}, d_max={self.d_max}"
+
+    def correction(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clipped ``(r, d)``, each ``(C,)``, for batch ``x`` against the running stats."""
+        with torch.no_grad():
+            sd = stats_dtype(x)
+            var_b, mean_b = torch.var_mean(x.to(sd), dim=reduce_dims(x), correction=0)
+            sigma_b = torch.sqrt(var_b + self.eps)
+            sigma = torch.sqrt(self.running_var.to(sd) + self.eps)
+            r = (sigma_b / sigma).clamp(1.0 / self.r_max, self.r_max)
+            d = ((mean_b - self.running_mean.to(sd)) / sigma).clamp(-self.d_max, self.d_max)
+        return r, d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        check_input(x, self.num_features, training=True)
+        r, d = self.correction(x)
+        ones = torch.ones_like(r)
+        weight = self.weight if self.weight is not None else ones
+        bias = self.bias if self.bias is not None else torch.zeros_like(ones)
+        # gamma (x_hat r + d) + beta = (gamma r) x_hat + (gamma d + beta): BN with a changed
+        # scale and shift, so the hand-derived backward applies with r, d as constants.
+        y, mean, var = BatchNormFunction.apply(x, weight * r, weight * d + bias, self.eps)
+        self._update_running_stats(mean, var, x.numel() // x.shape[1])
+        return y
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Training-mode BN whose statistics cover the batches of all processes.
+
+    ``forward(x, weight, bias, eps) -> (y, mean, var, count)``: every process all-gathers the
+    per-channel ``(count, mean, M2)`` of its local batch and merges them (Chan et al., 1983:
+    ``mean = sum n_k mean_k / n``, ``M2 = sum M2_k + sum n_k (mean_k - mean)^2``), which is
+    stable where sums of squares are not. The backward all-reduces ``sum(dy)`` and
+    ``sum(dy * x_hat)``; the returned weight and bias gradients are the *local* ones (DDP
+    sums them over processes).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):  # noqa: ANN001, ANN205
+        import torch.distributed as dist
+
+        nd, dims = x.dim(), reduce_dims(x)
+        xs = x.to(stats_dtype(x))
+        n_local = xs.numel() // xs.shape[1]
+        c = xs.shape[1]
+        if n_local > 0:
+            var_k, mean_k = torch.var_mean(xs, dim=dims, correction=0)
+        else:
+            var_k = mean_k = torch.zeros(c, dtype=xs.dtype, device=xs.device)
+        local = torch.stack([torch.full_like(mean_k, float(n_local)), mean_k, var_k * n_local])
+        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, local)
+        counts, means, m2s = torch.stack(gathered).unbind(1)  # each (world, C)
+        count = counts.sum(0)
+        if float(count[0]) <= 1:
+            raise ValueError("expected more than 1 value per channel when training, "
+                             f"got {int(count[0])} over all processes")
+        mean = (counts * means).sum(0) / count
+        var = (m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)) / count  # biased
+        inv_std = torch.rsqrt(var + eps)
+        x_hat = (xs - per_channel(mean, nd)) * per_channel(inv_std, nd)
+        y = x_hat * per_channel(weight.to(xs.dtype), nd) + per_channel(bias.to(xs.dtype), nd)
+        ctx.save_for_backward(x_hat, inv_std, weight, count)
+        ctx.mark_non_differentiable(mean, var, count)
+        return y.to(x.dtype), mean, var, count
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar, _dcount):  # noqa: ANN001, ANN205
+        import torch.distributed as dist
+
+        x_hat, inv_std, weight, count = ctx.saved_tensors
+        nd, dims = dy.dim(), reduce_dims(dy)
+        g = dy.to(x_hat.dtype)
+        dbeta = g.sum(dim=dims)
+        dgamma = (g * x_hat).sum(dim=dims)
+        sums = torch.stack([dbeta, dgamma])
+        dist.all_reduce(sums)  # sum over processes
+        m = per_channel(count, nd)
+        dx = per_channel(weight.to(x_hat.dtype) * inv_std, nd) / m * (
+            m * g - per_channel(sums[0], nd) - x_hat * per_channel(sums[1], nd)
+        )
+        return dx.to(dy.dtype), dgamma.to(weight.dtype), dbeta.to(weight.dtype), None
+
+
+class SyncBatchNorm(BatchNorm):
+    """BN for data-parallel training: batch statistics over all processes of the default group.
+
+    Same constructor, parameters, buffers and eval mode as :class:`BatchNorm`. In training
+    mode with an initialized ``torch.distributed`` default process group of more than one
+    process, every process normalizes its local batch ``(N_k, C, *spatial)`` (sizes may
+    differ) with the mean and variance of the *concatenated* batch, and every process updates
+    its running statistics identically; the input gradient is that of BN on the concatenated
+    batch, and ``weight``/``bias`` get the local gradients, which DDP's all-reduce sums.
+    Works with any backend (gloo on CPU; ``torch.nn.SyncBatchNorm`` needs CUDA). Without an
+    initialized process group (or with one process) it behaves exactly like :class:`BatchNorm`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        use_batch = self.training or not self.track_running_stats
+        if not use_batch or not _distributed():
+            return super().forward(x)
+        check_input(x, self.num_features, training=False)  # the global count is checked later
+        sd = stats_dtype(x)
+        ones = torch.ones(self.num_features, dtype=sd, device=x.device)
+        weight = self.weight if self.weight is not None else ones
+        bias = self.bias if self.bias is not None else torch.zeros_like(ones)
+        y, mean, var, count = SyncBatchNormFunction.apply(x, weight, bias, self.eps)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean, var, int(count[0]))
+        return y
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, for a ``torch.distributed`` rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sync_worker(rank: int, world: int, port: int, sizes: list[int], shape: tuple[int, ...],
+                 seed: int, folder: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        x_all = 3.0 + 2.0 * torch.randn(sum(sizes), *shape, generator=gen, dtype=torch.float64)
+        dy_all = torch.randn(x_all.shape, generator=gen, dtype=torch.float64)
+        start = sum(sizes[:rank])
+        x = x_all[start:start + sizes[rank]].clone().requires_grad_(True)
+        bn = SyncBatchNorm(shape[0], dtype=torch.float64)
+        with torch.no_grad():
+            bn.weight.copy_(torch.linspace(0.5, 2.0, shape[0], dtype=torch.float64))
+            bn.bias.copy_(torch.linspace(-1.0, 1.0, shape[0], dtype=torch.float64))
+        y = bn(x)
+        (y * dy_all[start:start + sizes[rank]]).sum().backward()
+        torch.save({"y": y.detach(), "dx": x.grad, "dweight": bn.weight.grad,
+                    "dbias": bn.bias.grad, "state": bn.state_dict()},
+                   os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def sync_batchnorm_run(
+    sizes: Sequence[int], shape: tuple[int, ...] = (3, 5), seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """Run one :class:`SyncBatchNorm` step in ``len(sizes)`` CPU processes (gloo backend).
+
+    Process ``k`` takes rows ``sizes[0] + ... + sizes[k-1]`` onward (``sizes[k]`` of them) of
+    a seeded float64 batch ``x`` ``(sum(sizes), *shape)`` (``shape[0]`` channels), runs a
+    training-mode forward, and backpropagates the loss ``sum(y * dy)`` for a seeded ``dy``.
+    Returns ``(x, dy, results)``; ``results[k]`` holds process ``k``'s ``y``, ``dx``,
+    ``dweight``, ``dbias`` and ``state`` (its state_dict afterwards). ``weight`` starts as
+    ``linspace(0.5, 2, C)`` and ``bias`` as ``linspace(-1, 1, C)``.
+    """
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    sizes = list(sizes)
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(_sync_worker, args=(len(sizes), free_port(), sizes, tuple(shape), seed, folder),
+                 nprocs=len(sizes), join=True)
+        results = [torch.load(f"{folder}/rank{k}.pt") for k in range(len(sizes))]
+    gen = torch.Generator().manual_seed(seed)
+    x = 3.0 + 2.0 * torch.randn(sum(sizes), *shape, generator=gen, dtype=torch.float64)
+    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    return x, dy, results

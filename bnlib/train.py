@@ -87,13 +87,16 @@ def fit(
     on_step: Callable[[int, nn.Module, History], None] | None = None,
     progress: bool = True,
     desc: str = "training",
+    shuffle: bool = True,
 ) -> History:
     """Train ``model`` with SGD and cross-entropy for ``steps`` mini-batches.
 
     Batches are drawn without replacement from a seeded permutation of ``x_train``
-    ``(N, ...)``/``y_train`` ``(N,)``, reshuffled each epoch. Every ``eval_every`` steps (and
-    after the last) the test accuracy is recorded when test data are given. ``on_step(step,
-    model, history)`` runs after each update (for recording activations and the like).
+    ``(N, ...)``/``y_train`` ``(N,)``, reshuffled each epoch (``shuffle=False``: taken in
+    the given order, epoch after epoch, e.g. for deliberately non-i.i.d. batches). Every
+    ``eval_every`` steps (and after the last) the test accuracy is recorded when test data
+    are given. ``on_step(step, model, history)`` runs after each update (for recording
+    activations and the like).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
@@ -107,11 +110,15 @@ def fit(
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
     n = len(xt)
-    order, pos = torch.randperm(n, generator=gen), 0
+
+    def new_order() -> torch.Tensor:
+        return torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+
+    order, pos = new_order(), 0
     hist = History()
     for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=1.0):
         if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
+            order, pos = new_order(), 0
         idx = order[pos : pos + batch_size].to(dev)
         pos += batch_size
         loss = loss_fn(model(xt[idx]), yt[idx])
