@@ -46,27 +46,38 @@ class BatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps):  # noqa: ANN001, ANN205 (autograd's signature)
         nd, dims = x.dim(), reduce_dims(x)
         xs = x.to(stats_dtype(x))
-        # One fused, numerically stable pass (Welford; on CPU float32 accumulates in float64),
-        # never E[x^2] - E[x]^2. Biased variance: BN normalizes with it.
-        var, mean = torch.var_mean(xs, dim=dims, correction=0)
+        m = xs.numel() // xs.shape[1]
+        # Corrected two-pass statistics (Chan, Golub & LeVeque), never E[x^2] - E[x]^2:
+        # centre on the mean, then correct the mean by the residual mean c of the centred
+        # values, which also removes the rounding error of the first pass.
+        mean = xs.mean(dim=dims)
+        d = xs - per_channel(mean, nd)
+        c = d.mean(dim=dims)
+        var = (torch.linalg.vector_norm(d, dim=dims).square() / m - c.square()).clamp_min(0)
+        mean = mean + c
+        d.sub_(per_channel(c, nd))
         inv_std = torch.rsqrt(var + eps)
-        x_hat = (xs - per_channel(mean, nd)) * per_channel(inv_std, nd)
-        y = x_hat * per_channel(weight.to(xs.dtype), nd) + per_channel(bias.to(xs.dtype), nd)
-        ctx.save_for_backward(x_hat, inv_std, weight)
+        scale = weight.to(xs.dtype) * inv_std
+        y = torch.addcmul(per_channel(bias.to(xs.dtype), nd), d, per_channel(scale, nd))
+        ctx.save_for_backward(d, inv_std, weight)
         ctx.mark_non_differentiable(mean, var)
         return y.to(x.dtype), mean, var
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):  # noqa: ANN001, ANN205
-        x_hat, inv_std, weight = ctx.saved_tensors
+        # d = x - mean was saved, not x_hat = d * inv_std: one full-size write fewer.
+        d, inv_std, weight = ctx.saved_tensors
         nd, dims = dy.dim(), reduce_dims(dy)
-        g = dy.to(x_hat.dtype)
+        g = dy.to(d.dtype)
         m = g.numel() // g.shape[1]
         dbeta = g.sum(dim=dims)
-        dgamma = (g * x_hat).sum(dim=dims)
-        dx = per_channel(weight.to(x_hat.dtype) * inv_std / m, nd) * (
-            m * g - per_channel(dbeta, nd) - x_hat * per_channel(dgamma, nd)
-        )
+        dgamma = (g * d).sum(dim=dims) * inv_std
+        # dx = gamma * inv_std / m * (m dy - dbeta - x_hat dgamma), as dy*k1 + d*k2 + k3
+        k1 = weight.to(d.dtype) * inv_std
+        k2 = -k1 * inv_std * dgamma / m
+        k3 = -k1 * dbeta / m
+        dx = torch.addcmul(per_channel(k3, nd), d, per_channel(k2, nd))
+        dx.addcmul_(g, per_channel(k1, nd))
         return dx.to(dy.dtype), dgamma.to(weight.dtype), dbeta.to(weight.dtype), None
 
 
