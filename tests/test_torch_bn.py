@@ -142,7 +142,6 @@ def test_gradcheck_hand_written_backward(shape):
     w = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *a: BatchNormFunction.apply(*a, 1e-5)[0], (x, w, b))
-    assert torch.autograd.gradgradcheck is not None  # (second order is not implemented)
 
 
 def test_gradcheck_module_in_eval_mode():
