@@ -33,49 +33,95 @@ def stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
+def channel_matrix(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """A copy-free view of ``x`` in which the per-channel sums are fast reductions.
+
+    Contiguous ``(N, C, *spatial)`` becomes ``(N, C, L)`` reduced over dims ``(0, 2)``;
+    channels-last input (and 2-D ``(N, C)``) becomes the row-major matrix ``(M, C)``
+    reduced over dim 0. Anything else is left as it is, reduced over every dim but 1.
+    Summing in the memory order matters on CPU: reducing a channels-last tensor over
+    ``(0, 2, 3)`` as if it were NCHW is several times slower.
+    """
+    if x.dim() == 2:
+        return x, (0,)
+    if x.is_contiguous():
+        return x.reshape(x.shape[0], x.shape[1], -1), (0, 2)
+    cl = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    if x.dim() in (4, 5) and x.is_contiguous(memory_format=cl):
+        return x.movedim(1, -1).reshape(-1, x.shape[1]), (0,)
+    return x, tuple(reduce_dims(x))
+
+
+def channel_sum(x: torch.Tensor) -> torch.Tensor:
+    """``sum over all dims but 1`` of ``x`` ``(N, C, *spatial)``: shape ``(C,)``."""
+    v, dims = channel_matrix(x)
+    return v.sum(dim=dims)
+
+
+def channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``sum(a * b)`` of two ``(N, C, *spatial)`` tensors: shape ``(C,)``.
+
+    Uses ``torch.linalg.vecdot`` when both share a layout, so no ``a * b`` temporary is
+    written; falls back to ``(a * b)`` summed over the channel-free dims otherwise.
+    """
+    if torch.compiler.is_compiling():  # Inductor fuses the product into the sum itself
+        return (a * b).sum(dim=reduce_dims(a))
+    va, dims = channel_matrix(a)
+    vb, dims_b = channel_matrix(b)
+    if va.shape != vb.shape or dims != dims_b or va.dim() > 3:  # layouts differ
+        return (a * b).sum(dim=reduce_dims(a))
+    if dims == (0,):  # (M, C): a dot product down each column
+        return torch.linalg.vecdot(va, vb, dim=0)
+    return torch.linalg.vecdot(va, vb, dim=2).sum(dim=0)  # (N, C, L)
+
+
 class BatchNormFunction(torch.autograd.Function):
     """Training-mode BN with batch statistics and a hand-derived backward.
 
     ``forward(x, weight, bias, eps) -> (y, mean, var)`` with ``x`` of shape
     ``(N, C, *spatial)``, ``weight`` and ``bias`` of shape ``(C,)``; ``mean`` and the biased
     ``var`` are ``(C,)`` in float32 for half input, returned so the caller can update the
-    running averages, and carry no gradient.
+    running averages, and carry no gradient. ``y`` keeps ``x``'s memory layout.
+
+    Written for speed as well as clarity: every line below is one pass over the tensor, and
+    the code makes as few as it can (forward: 5 reads and 2 writes; backward: 6 reads and
+    2 writes), because BN is memory-bound. The statistics are still exact two-pass ones.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):  # noqa: ANN001, ANN205 (autograd's signature)
-        nd, dims = x.dim(), reduce_dims(x)
+        nd = x.dim()
         xs = x.to(stats_dtype(x))
         m = xs.numel() // xs.shape[1]
         # Corrected two-pass statistics (Chan, Golub & LeVeque), never E[x^2] - E[x]^2:
         # centre on the mean, then correct the mean by the residual mean c of the centred
-        # values, which also removes the rounding error of the first pass.
-        mean = xs.mean(dim=dims)
+        # values d, which removes the rounding error of the first pass. d itself is kept
+        # uncorrected (d - c is never written out): c is folded into the per-channel shift.
+        mean = channel_sum(xs) / m
         d = xs - per_channel(mean, nd)
-        c = d.mean(dim=dims)
-        var = (torch.linalg.vector_norm(d, dim=dims).square() / m - c.square()).clamp_min(0)
-        mean = mean + c
-        d.sub_(per_channel(c, nd))
+        c = channel_sum(d) / m
+        var = (channel_dot(d, d) / m - c.square()).clamp_min(0)
         inv_std = torch.rsqrt(var + eps)
         scale = weight.to(xs.dtype) * inv_std
-        y = torch.addcmul(per_channel(bias.to(xs.dtype), nd), d, per_channel(scale, nd))
-        ctx.save_for_backward(d, inv_std, weight)
+        shift = bias.to(xs.dtype) - c * scale  # y = (d - c) * scale + bias
+        y = torch.addcmul(per_channel(shift, nd), d, per_channel(scale, nd))
+        ctx.save_for_backward(d, c, inv_std, weight)
         ctx.mark_non_differentiable(mean, var)
-        return y.to(x.dtype), mean, var
+        return y.to(x.dtype), mean + c, var
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):  # noqa: ANN001, ANN205
-        # d = x - mean was saved, not x_hat = d * inv_std: one full-size write fewer.
-        d, inv_std, weight = ctx.saved_tensors
-        nd, dims = dy.dim(), reduce_dims(dy)
+        # d = x - mean + c was saved, not x_hat: no extra full-size write in the forward.
+        d, c, inv_std, weight = ctx.saved_tensors
+        nd = dy.dim()
         g = dy.to(d.dtype)
         m = g.numel() // g.shape[1]
-        dbeta = g.sum(dim=dims)
-        dgamma = (g * d).sum(dim=dims) * inv_std
+        dbeta = channel_sum(g)
+        dgamma = (channel_dot(g, d) - c * dbeta) * inv_std  # sum(dy * x_hat)
         # dx = gamma * inv_std / m * (m dy - dbeta - x_hat dgamma), as dy*k1 + d*k2 + k3
         k1 = weight.to(d.dtype) * inv_std
         k2 = -k1 * inv_std * dgamma / m
-        k3 = -k1 * dbeta / m
+        k3 = -k1 * dbeta / m - k2 * c
         dx = torch.addcmul(per_channel(k3, nd), d, per_channel(k2, nd))
         dx.addcmul_(g, per_channel(k1, nd))
         return dx.to(dy.dtype), dgamma.to(weight.dtype), dbeta.to(weight.dtype), None

@@ -10,6 +10,7 @@ result, or at least as accurate as PyTorch's own float32 kernel on ill-condition
 from __future__ import annotations
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -46,8 +47,25 @@ def configs(draw):
         scale=draw(st.sampled_from([1e-2, 1.0, 30.0])),
         # The offset is in units of the spread: BN's conditioning depends on their ratio.
         offset=draw(st.sampled_from([0.0, 3.0, -20.0])),
+        # Memory layouts of x and of the incoming gradient: the fast per-channel sums
+        # take a different path for each (see bnlib.torch_bn.channel_matrix).
+        layout=draw(st.sampled_from(LAYOUTS)),
+        dy_layout=draw(st.sampled_from(LAYOUTS)),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
+
+
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as ``t`` in another memory layout (channels-last needs 4-D or 5-D)."""
+    if layout == "channels_last" and t.dim() in (4, 5):
+        fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+        return t.contiguous(memory_format=fmt)
+    if layout == "strided":  # a permuted-strides view: neither contiguous nor channels-last
+        return t.transpose(0, -1).contiguous().transpose(0, -1)
+    return t
 
 
 def _close(actual, expected, dtype, what):
@@ -99,11 +117,14 @@ def test_three_implementations_agree(cfg):
         for name, m in (("torch", ref), ("bnlib", ours), ("torch64", ref64)):
             if name == "torch64":
                 x, dy = x.double(), dy.double()
-            xi = x.clone().requires_grad_(True)
+            xi = in_layout(x.clone(), cfg["layout"]).requires_grad_(True)
             if cfg["affine"]:
                 m.zero_grad(set_to_none=True)
             y = m(xi)
-            y.backward(dy)
+            y.backward(in_layout(dy, cfg["dy_layout"]))
+            if name == "bnlib" and xi.dim() in (4, 5) and cfg["layout"] == "channels_last":
+                fmt = torch.channels_last if xi.dim() == 4 else torch.channels_last_3d
+                assert y.is_contiguous(memory_format=fmt), "y lost the input's memory layout"
             outs[name] = (y.detach(), xi.grad,
                           m.weight.grad if cfg["affine"] else None,
                           m.bias.grad if cfg["affine"] else None)
@@ -136,9 +157,10 @@ def test_three_implementations_agree(cfg):
             assert ours.running_mean is None and npy.running_mean is None
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("shape", [(4, 3), (3, 2, 5), (2, 3, 3, 2), (2, 2, 2, 2, 3)])
-def test_gradcheck_hand_written_backward(shape):
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+def test_gradcheck_hand_written_backward(shape, layout):
+    x = in_layout(torch.randn(shape, dtype=torch.float64), layout).requires_grad_(True)
     w = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *a: BatchNormFunction.apply(*a, 1e-5)[0], (x, w, b))
@@ -292,3 +314,28 @@ def test_cuda_half_matches_cudnn(dtype):
     ours, ref = BatchNorm(8).cuda(), torch.nn.BatchNorm2d(8).cuda()
     torch.testing.assert_close(ours(x).float(), ref(x).float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(ours.running_var, ref.running_var, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile needs a C++ compiler on CPU (apt-get install g++)")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_compiled_function_matches_float64_truth(layout):
+    # Under torch.compile, channel_dot takes its fusable branch: test that path too.
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(7)
+    x = in_layout(torch.randn(4, 3, 5, 6, generator=g) * 3 + 10, layout).requires_grad_(True)
+    w, b = torch.randn(3, generator=g), torch.randn(3, generator=g)
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    dy = in_layout(torch.randn(4, 3, 5, 6, generator=g), layout)
+    compiled = torch.compile(lambda *a: BatchNormFunction.apply(*a, 1e-5), dynamic=False)
+    y, mean, var = compiled(x, w, b)
+    grads = torch.autograd.grad(y, (x, w, b), dy)
+    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    y64 = torch.nn.functional.batch_norm(x64, None, None, w64, b64, training=True)
+    grads64 = torch.autograd.grad(y64, (x64, w64, b64), dy.double())
+    _close(y, y64, torch.float32, "compiled y")
+    _close(mean, x64.mean((0, 2, 3)), torch.float32, "compiled mean")
+    _close(var, x64.var((0, 2, 3), correction=0), torch.float32, "compiled var")
+    for what, a, e in zip(("dx", "dweight", "dbias"), grads, grads64):
+        _close(a, e, torch.float32, f"compiled {what}")
