@@ -59,9 +59,42 @@ def test_run_reports_every_implementation_with_bandwidth_and_ratios():
         assert r.median_ms > 0 and r.gb_per_s > 0 and r.fraction_of_copy > 0
         if r.impl == "torch native":
             assert r.ratio_to_native == pytest.approx(1.0)
+    assert {r.which for r in rows} == {"forward", "backward", "both"}
     numel_bytes = 4 * 8 * 6 * 6 * 4
-    fwd = next(r for r in rows if r.impl == "torch native" and r.which == "forward")
-    assert fwd.gb_per_s == pytest.approx(3 * numel_bytes / (fwd.median_ms / 1e3) / 1e9)
+    for which, passes in (("forward", 3), ("backward", 5), ("both", 8)):
+        r = next(r for r in rows if r.impl == "torch native" and r.which == which)
+        assert r.gb_per_s == pytest.approx(passes * numel_bytes / (r.median_ms / 1e3) / 1e9)
+
+
+def test_every_implementation_computes_batchnorm():
+    # The harness must time BN, not something cheaper: each "both" step's forward output
+    # equals F.batch_norm, and its backward leaves the same gradients.
+    x = torch.randn(4, 3, 5, 5) * 2 + 1
+    for name, impl in bench.implementations(torch.device("cpu"), compiled=False).items():
+        state = impl["setup"](x)
+        y = torch.as_tensor(impl["forward"](state))
+        expected = torch.nn.functional.batch_norm(x, None, None, training=True)
+        torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5, msg=name)
+        impl["backward"](state)  # from the forward done in setup; must not raise twice
+        impl["backward"](state)
+
+
+def test_record_refuses_without_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--record"])
+    assert e.value.code == 2 and "no CUDA device" in capsys.readouterr().err
+
+
+def test_recorded_gpu_results_are_none_or_complete():
+    data = bench.recorded_gpu_results()
+    if data is None:
+        assert not bench.RECORDED_GPU.exists()
+        return
+    assert data["environment"]["device"].startswith("cuda")
+    assert {"torch", "cuda", "date"} <= set(data["environment"])
+    assert any(r["impl"] == "torch native" for r in data["results"])
 
 
 def test_main_writes_json_with_provenance(tmp_path, capsys, monkeypatch):
