@@ -38,7 +38,7 @@ serve: ## preview the built book at http://localhost:8000
 
 lint: $(STAMP)
 	$(BIN)/ruff check bnlib tests book
-	$(BIN)/nbstripout --verify book/*.ipynb
+	$(BIN)/nbstripout --keep-id --verify book/*.ipynb
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis .ruff_cache
