@@ -106,3 +106,22 @@ def test_main_writes_json_with_provenance(tmp_path, capsys, monkeypatch):
     data = json.loads(out.read_text())
     assert {"device", "torch", "threads", "date"} <= set(data["environment"])
     assert data["results"] and "vs native" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_cuda_table_has_cudnn_off_triton_and_records(tmp_path, monkeypatch):
+    real_run = bench.run
+    monkeypatch.setattr(bench, "RECORDED_GPU", tmp_path / "gpu.json")
+    monkeypatch.setattr(bench, "run", lambda shapes, device, **kw: real_run(
+        [(4, 8, 6, 6)], device, repeats=2, dtype=kw.get("dtype", torch.float32)))
+    assert bench.main(["--quick", "--record", "--json", str(tmp_path / "r.json")]) == 0
+    data = bench.recorded_gpu_results()
+    impls = {r["impl"] for r in data["results"]}
+    assert {"torch native", "torch native, cuDNN off", "bnlib autograd.Function"} <= impls
+    assert ("bnlib Triton (fused)" in impls) == bench.triton_available()
+    assert data["environment"]["device"].startswith("cuda") and data["environment"]["cudnn"]
+    x = torch.randn(4, 3, 5, 5, device="cuda") * 2 + 1
+    expected = torch.nn.functional.batch_norm(x, None, None, training=True)
+    for name, impl in bench.implementations(torch.device("cuda"), compiled=False).items():
+        y = impl["forward"](impl["setup"](x))
+        torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5, msg=name)
