@@ -100,6 +100,17 @@ def test_recorded_gpu_results_are_read_back_or_none(tmp_path, monkeypatch):
     assert bench.recorded_gpu_results() == run
 
 
+def test_main_writes_json_with_provenance(tmp_path, capsys, monkeypatch):
+    real_run = bench.run
+    monkeypatch.setattr(bench, "run", lambda shapes, device, **kw: real_run(
+        [(2, 4, 4, 4)], device, repeats=2, layouts=("NCHW",)))
+    out = tmp_path / "r.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert {"device", "torch", "threads", "date"} <= set(data["environment"])
+    assert data["results"] and "vs native" in capsys.readouterr().out
+
+
 @pytest.mark.gpu
 def test_cuda_table_has_cudnn_off_triton_and_records(tmp_path, monkeypatch):
     real_run = bench.run
