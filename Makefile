@@ -4,8 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
+SEED_OFFSETS ?= 1 2   # make test-seeds: the shifted draws CI runs every notebook at
+SWEEP ?= 0-9          # make sweep: the offsets it runs each notebook at
 
-.PHONY: book test data browser-test bench budget serve lint clean
+.PHONY: book test test-seeds sweep data browser-test bench budget serve lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,16 @@ book: data  ## build the HTML book, executing every chapter; warnings are errors
 test: data  ## unit, property and checker tests, then every notebook through nbval
 	$(BIN)/python -m pytest tests book --ignore=tests/browser \
 		--nbval-lax --nbval-current-env -n $(PYTEST_WORKERS) --dist loadscope
+
+test-seeds: data  ## every notebook again at each shifted seed offset (GUIDE section 4)
+	@for k in $(SEED_OFFSETS); do \
+		echo "== every notebook at BNLIB_SEED_OFFSET=$$k"; \
+		BNLIB_SEED_OFFSET=$$k $(BIN)/python -m pytest book -q -p no:cacheprovider \
+			--nbval-lax --nbval-current-env -n $(PYTEST_WORKERS) --dist loadscope || exit 1; \
+	done
+
+sweep: data  ## each notebook at seed offsets $(SWEEP): failures, seconds, peak memory
+	$(BIN)/python tests/notebook_budget.py --offsets $(SWEEP) --cores 1 --jobs 2
 
 browser-test: $(STAMP)  ## after `make book`: every page in Chromium (apt-get install chromium)
 	$(BIN)/python -m pytest tests/browser

@@ -4,7 +4,7 @@ Modules: :mod:`bnlib.reference` (NumPy), :mod:`bnlib.torch_bn` (PyTorch), :mod:`
 :mod:`bnlib.models`, :mod:`bnlib.train`, :mod:`bnlib.plots`, :mod:`bnlib.check`.
 """
 
-from bnlib.runtime import device, seed_everything, versions
+from bnlib.runtime import device, generator, rng, seed_everything, shift_seed, versions
 
-__all__ = ["device", "seed_everything", "versions"]
+__all__ = ["device", "generator", "rng", "seed_everything", "shift_seed", "versions"]
 __version__ = "0.1.0"

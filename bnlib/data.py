@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from bnlib.runtime import rng
+
 # The four files of each dataset, in the order x_train, y_train, x_test, y_test.
 FILENAMES = (
     "train-images-idx3-ubyte.gz",
@@ -188,13 +190,14 @@ def subset(
     """A seeded random subset: the first ``n`` rows of a random permutation of ``(x, y)``.
 
     ``x`` has shape ``(N, ...)`` and ``y`` shape ``(N,)``; the result has ``min(n, N)``
-    rows, with each ``x`` row still paired with its label.
+    rows, with each ``x`` row still paired with its label. The permutation is seeded with
+    :func:`bnlib.runtime.shift_seed` of ``seed``.
     """
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} and {len(y)}")
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
-    rows = np.random.default_rng(seed).permutation(len(x))[:n]
+    rows = rng(seed).permutation(len(x))[:n]
     return x[rows], y[rows]
 
 
@@ -206,7 +209,7 @@ def gaussian_blobs(
     Class ``k`` is centred at distance 3 from the origin, at angle ``2*pi*k/num_classes``
     in the first two coordinates (evenly spaced on ``[-3, 3]`` when ``dim=1``); each
     coordinate then gets noise of standard deviation ``spread``. Classes are balanced
-    (sizes differ by at most one) and shuffled.
+    (sizes differ by at most one) and shuffled. Seeded with ``shift_seed(seed)``.
 
     Returns:
         x: ``(n, dim)`` float32.
@@ -214,15 +217,15 @@ def gaussian_blobs(
     """
     if n < 1 or num_classes < 1 or dim < 1:
         raise ValueError(f"need n, num_classes and dim >= 1, got {n}, {num_classes}, {dim}")
-    rng = np.random.default_rng(seed)
+    draw = rng(seed)
     centers = np.zeros((num_classes, dim))
     if dim == 1:
         centers[:, 0] = np.linspace(-3.0, 3.0, num_classes) if num_classes > 1 else 0.0
     else:
         angles = 2 * np.pi * np.arange(num_classes) / num_classes
         centers[:, 0], centers[:, 1] = 3 * np.cos(angles), 3 * np.sin(angles)
-    y = rng.permutation(np.arange(n) % num_classes)
-    x = centers[y] + spread * rng.standard_normal((n, dim))
+    y = draw.permutation(np.arange(n) % num_classes)
+    x = centers[y] + spread * draw.standard_normal((n, dim))
     return x.astype(np.float32), y.astype(np.int64)
 
 

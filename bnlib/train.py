@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bnlib.runtime import device as default_device
+from bnlib.runtime import generator
 
 
 @dataclass
@@ -96,7 +97,8 @@ def fit(
     the given order, epoch after epoch, e.g. for deliberately non-i.i.d. batches). Every
     ``eval_every`` steps (and after the last) the test accuracy is recorded when test data
     are given. ``on_step(step, model, history)`` runs after each update (for recording
-    activations and the like).
+    activations and the like). The batch order is seeded with ``shift_seed(seed)``
+    (:func:`bnlib.runtime.generator`); the initial weights are whatever ``model`` holds.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
@@ -108,7 +110,7 @@ def fit(
         xv, yv = as_tensor(x_test, dev), as_tensor(y_test, dev)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     n = len(xt)
 
     def new_order() -> torch.Tensor:

@@ -8,6 +8,7 @@ the Colab setup cell and its repository URL.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -100,6 +101,24 @@ def test_every_chapter_asserts_its_claims(nb_path):
     nb = json.loads(nb_path.read_text())
     code = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "code")
     assert code.count("assert ") >= 3, f"{nb_path.name}: measurable claims need asserts"
+
+
+# Ways to seed or draw that bypass bnlib's seed offset (bnlib.runtime): a chapter must use
+# bnlib.seed_everything, bnlib.rng, bnlib.generator, fit(seed=...) and data.subset(seed=...).
+UNSHIFTED_SEEDING = re.compile(
+    r"torch\.(cuda\.)?manual_seed|\.manual_seed\(|np\.random\.(default_rng|seed|RandomState)"
+    r"|\brandom\.seed\(|np\.random\.(rand|randn|randint|normal|uniform|choice|permutation)\("
+)
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_seed_goes_through_bnlib(nb_path):
+    nb = json.loads(nb_path.read_text())
+    bypass = [(i, m.group(0)) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+              for m in UNSHIFTED_SEEDING.finditer(source(c))]
+    assert not bypass, (
+        f"{nb_path.name}: cells seed or draw behind bnlib's back {bypass}; use "
+        "bnlib.seed_everything / bnlib.rng / bnlib.generator, so BNLIB_SEED_OFFSET moves them")
 
 
 def _run_colab_block(monkeypatch, in_colab: bool) -> list[list[str]]:
