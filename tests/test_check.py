@@ -375,8 +375,8 @@ def test_unknown_mistake_shows_the_largest_error(which):
         return out
 
     message = _failure(checker, off_by_a_bit)
-    first = "y" if which == "forward" else "dx"
-    assert f"{first} is wrong in 6 of 6 cases" in message
+    first, n = ("y", 7) if which == "forward" else ("dx", 6)
+    assert f"{first} is wrong in {n} of {n} cases" in message
     assert "No mistake this checker knows matches; the right formula" in message
     assert "The largest error is at" in message and "expected" in message and "got" in message
     if which == "forward":
@@ -390,3 +390,73 @@ def test_catalogue_entries_are_told_apart(exercise):
     for mistake in exercise.mistakes:
         with np.errstate(all="ignore"):
             assert _failure(checker, mistake.solution) == f"{exercise.name}: {mistake.hint}"
+
+
+# --------------------------------------------------------------------------- the one-pass pitfall
+
+
+def fwd_one_pass(x, gamma, beta, eps):
+    mu = x.mean(axis=0)
+    var = (x**2).mean(axis=0) - mu**2  # E[x^2] - E[x]^2, in x's own dtype
+    return gamma * (x - mu) / np.sqrt(var + eps) + beta
+
+
+def fwd_two_pass_own_dtype(x, gamma, beta, eps):
+    mu = x.mean(axis=0)  # float32 on the float32 case, as the one-pass version above
+    return gamma * (x - mu) / np.sqrt(((x - mu) ** 2).mean(axis=0) + eps) + beta
+
+
+def test_one_pass_variance_is_caught_on_float32_with_a_large_mean():
+    with np.errstate(all="ignore"):
+        message = _failure(check.batchnorm_forward, fwd_one_pass)
+    assert "one-pass variance" in message and "two-pass" in message
+    assert "float64 batch" in message  # it says where: right on float64, wrong on float32
+
+
+def test_two_pass_in_float32_passes(capsys):
+    assert check.batchnorm_forward(fwd_two_pass_own_dtype) is True
+
+
+def test_expected_and_got_are_never_printed_alike():
+    # numbers that agree to 6 significant digits are printed with as many as tell them apart
+    assert check._distinct(1.0000001, 1.0000002) == ("1.0000001", "1.0000002")
+    assert check._distinct(2.5, 3.5) == ("2.5", "3.5")
+
+
+# --------------------------------------------------------------------------- grading mode
+
+
+def test_grading_mode_names_the_case_and_gives_nothing_away(monkeypatch):
+    monkeypatch.setenv(check.GRADING_ENV, "1")
+    assert check.grading()
+    message = _failure(check.batchnorm_forward, fwd_axis1)
+    assert message == ("batchnorm_forward: FAILED on case 'typical batch' "
+                       "(grading mode: no hints)")
+    with np.errstate(all="ignore"):
+        message = _failure(check.batchnorm_backward, bwd_no_gamma)
+    assert "gamma" not in message.split("case")[0] and "expected" not in message
+
+
+def test_results_record_the_last_verdict_of_each_checker(monkeypatch, capsys):
+    monkeypatch.setenv(check.GRADING_ENV, "0")
+    assert not check.grading()
+    check.batchnorm_forward(fwd_stub)
+    assert check.results()["batchnorm_forward"] == {"status": "not done", "case": ""}
+    _failure(check.batchnorm_forward, fwd_unbiased)
+    assert check.results()["batchnorm_forward"] == {"status": "fail", "case": "typical batch"}
+    check.batchnorm_forward(fwd_right)
+    assert check.results()["batchnorm_forward"] == {"status": "pass", "case": ""}
+    results = check.results()
+    results["batchnorm_forward"]["status"] = "tampered"  # a copy: the record is unchanged
+    assert check.results()["batchnorm_forward"]["status"] == "pass"
+
+
+def test_a_crash_in_the_readers_code_names_its_case(monkeypatch):
+    monkeypatch.setenv(check.GRADING_ENV, "1")
+
+    def crash(x, gamma, beta, eps):
+        if x.shape[0] == 2:
+            raise ZeroDivisionError("oops")
+        return fwd_right(x, gamma, beta, eps)
+
+    assert "case 'small batch, N=2'" in _failure(check.batchnorm_forward, crash)
