@@ -7,7 +7,7 @@ PYTEST_WORKERS ?= 2
 SEED_OFFSETS ?= 1 2   # make test-seeds: the shifted draws CI runs every notebook at
 SWEEP ?= 0-9          # make sweep: the offsets it runs each notebook at
 
-.PHONY: book test test-seeds sweep data browser-test bench budget serve lint clean
+.PHONY: book notebooks test test-seeds sweep data browser-test bench budget serve lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ data: $(STAMP)  ## make Fashion-MNIST available (verified by SHA-256)
 	$(BIN)/python -m bnlib.data fashion-mnist
 
 book: data  ## build the HTML book, executing every chapter; warnings are errors
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	BNLIB_PROGRESS=summary $(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
+notebooks: $(STAMP)  ## regenerate notebooks/ (student + solutions) from book/; commit them
+	BOOK_NOTEBOOKS_DIR=$(CURDIR)/notebooks $(BIN)/jupyter-book build . -W -n --keep-going \
+		--path-output $(CURDIR)/_build/notebooks-only
 
 test: data  ## unit, property and checker tests, then every notebook through nbval
 	$(BIN)/python -m pytest tests book --ignore=tests/browser \

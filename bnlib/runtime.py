@@ -13,11 +13,17 @@ from __future__ import annotations
 import os
 import platform
 import random
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 SEED_OFFSET_ENV = "BNLIB_SEED_OFFSET"
+PROGRESS_ENV = "BNLIB_PROGRESS"  # "bar" (default), "summary" (the book's build) or "off"
+T = TypeVar("T")
 SEED_STRIDE = 1000  # offset k adds 1000 k: chapters use seeds below 1000, so no two collide
 
 
@@ -71,6 +77,28 @@ def generator(seed: int) -> torch.Generator:
     batches for every network of a comparison). Draw on the CPU and move the result.
     """
     return torch.Generator().manual_seed(shift_seed(seed))
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    """Iterate over ``items`` and show how far the loop got, as ``$BNLIB_PROGRESS`` says.
+
+    ``"bar"`` (the default): tqdm's live bar, a widget in Jupyter. ``"summary"``: no bar, one
+    line once the loop is done, e.g. ``plain: 2000 steps in 5.1 s``; the book's build uses it,
+    because a page is written when the run ends and a widget saved then shows "0%".
+    ``"off"``: nothing.
+    """
+    mode = os.environ.get(PROGRESS_ENV, "bar").strip() or "bar"
+    if mode not in ("bar", "summary", "off"):
+        raise ValueError(f"{PROGRESS_ENV} must be bar, summary or off, got {mode!r}")
+    if mode == "bar":
+        yield from tqdm(items, desc=desc, total=total, mininterval=1.0)
+        return
+    start, count = time.perf_counter(), 0
+    for item in items:
+        yield item
+        count += 1
+    if mode == "summary":
+        print(f"{desc}: {count} steps in {time.perf_counter() - start:.1f} s")
 
 
 def versions() -> str:

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from bnlib.runtime import device as default_device
 from bnlib.runtime import generator
+from bnlib.runtime import progress as progress_bar
 
 
 @dataclass
@@ -118,7 +118,8 @@ def fit(
 
     order, pos = new_order(), 0
     hist = History()
-    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=1.0):
+    steps_range = range(1, steps + 1)
+    for step in progress_bar(steps_range, desc) if progress else steps_range:
         if pos + batch_size > n:
             order, pos = new_order(), 0
         idx = order[pos : pos + batch_size].to(dev)

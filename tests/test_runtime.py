@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import bnlib
+import bnlib.runtime
 from bnlib import data, models, train
 from bnlib.runtime import SEED_OFFSET_ENV, seed_offset, shift_seed
 
@@ -68,3 +69,30 @@ def test_versions_names_a_nonzero_offset(monkeypatch):
     assert "seed offset: 4" in bnlib.versions()
     monkeypatch.setenv(SEED_OFFSET_ENV, "0")
     assert "seed offset" not in bnlib.versions()
+
+
+def test_progress_summary_prints_one_final_line(monkeypatch, capsys):
+    monkeypatch.setenv(bnlib.runtime.PROGRESS_ENV, "summary")
+    assert list(bnlib.runtime.progress(range(5), "demo")) == [0, 1, 2, 3, 4]
+    out = capsys.readouterr()
+    assert out.out.startswith("demo: 5 steps in ") and out.out.count("\n") == 1
+    assert out.err == ""  # no bar, not even a frozen one
+
+
+def test_progress_bar_and_off(monkeypatch, capsys):
+    monkeypatch.setenv(bnlib.runtime.PROGRESS_ENV, "off")
+    assert list(bnlib.runtime.progress(range(3), "demo")) == [0, 1, 2]
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setenv(bnlib.runtime.PROGRESS_ENV, "bar")
+    assert list(bnlib.runtime.progress(range(3), "demo")) == [0, 1, 2]
+    assert "demo" in capsys.readouterr().err  # tqdm's text bar outside Jupyter
+    monkeypatch.setenv(bnlib.runtime.PROGRESS_ENV, "sometimes")
+    with pytest.raises(ValueError, match="BNLIB_PROGRESS"):
+        list(bnlib.runtime.progress(range(3), "demo"))
+
+
+def test_fit_reports_through_progress(monkeypatch, capsys):
+    monkeypatch.setenv(bnlib.runtime.PROGRESS_ENV, "summary")
+    x, y = np.zeros((8, 2), dtype=np.float32), np.arange(8) % 2
+    train.fit(models.mlp([2, 2]), x, y, steps=3, batch_size=4, desc="tiny")
+    assert capsys.readouterr().out.startswith("tiny: 3 steps in ")
