@@ -11,6 +11,9 @@
    term (its ``{term}`` role) in reading order, at the exact spot in the chapter.
 4. Every notebook page can also be downloaded as MyST Markdown (``.md``, written with
    jupytext), next to the ``.ipynb`` and ``.pdf`` the theme offers.
+5. A glossary term previews its definition on hover (a ``title``, as citations have).
+6. ``static/book.css``: nothing is clipped at any width. Code and outputs wrap, display
+   equations scroll beside their number, tables scroll, figures keep a readable size.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ def mathjax_es5_dir() -> Path:
 
 def _use_local_mathjax(app: Sphinx, config) -> None:  # noqa: ANN001
     config.mathjax_path = ENTRY
+
+
+def _add_book_css(app: Sphinx, config) -> None:  # noqa: ANN001
+    config.html_static_path.append(str(Path(__file__).parent / "static"))
+    app.add_css_file("book.css")
 
 
 def _copy_mathjax(app: Sphinx, exception: Exception | None) -> None:
@@ -136,6 +144,42 @@ def _link_glossary_to_first_uses(app: Sphinx, doctree: nodes.document, docname: 
         item.findall(nodes.definition).__next__().append(para)
 
 
+# --------------------------------------------------------------------------- term previews
+
+
+def _note_definitions(app: Sphinx, doctree: nodes.document) -> None:
+    """On the glossary page, remember each term's definition (its first paragraph)."""
+    if not any(doctree.findall(addnodes.glossary)):
+        return
+    found = app.env.__dict__.setdefault("bn_term_definitions", {})
+    for item in doctree.findall(nodes.definition_list_item):
+        paragraphs = list(item.findall(nodes.paragraph))
+        if not paragraphs:
+            continue
+        text = " ".join(paragraphs[0].astext().split())
+        for term in item.findall(nodes.term):
+            for node_id in term["ids"]:
+                found[node_id] = text
+
+
+def _merge_definitions(app: Sphinx, env: BuildEnvironment, docnames, other) -> None:  # noqa: ANN001
+    env.__dict__.setdefault("bn_term_definitions", {}).update(
+        other.__dict__.get("bn_term_definitions", {}))
+
+
+def _preview_terms(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """Give every link to a glossary term the term's definition as its hover title."""
+    definitions = app.env.__dict__.get("bn_term_definitions", {})
+    for ref in doctree.findall(nodes.reference):
+        if "std-term" not in ref.get("classes", []) and not any(
+                "std-term" in c.get("classes", []) for c in ref.children
+                if isinstance(c, nodes.Element)):
+            continue
+        anchor = ref.get("refuri", "").partition("#")[2] or ref.get("refid", "")
+        if anchor in definitions:
+            ref["reftitle"] = definitions[anchor]
+
+
 # --------------------------------------------------------------------------- .md downloads
 
 
@@ -171,12 +215,16 @@ def _add_markdown_download(app: Sphinx, pagename: str, templatename: str, contex
 def setup(app: Sphinx) -> dict:
     mathjax_es5_dir()  # fail early, with the fix, if the files are missing
     app.connect("config-inited", _use_local_mathjax, priority=900)
+    app.connect("config-inited", _add_book_css, priority=900)
     app.connect("build-finished", _copy_mathjax)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     app.connect("doctree-read", _note_term_uses)
     app.connect("env-purge-doc", _purge_term_uses)
     app.connect("env-merge-info", _merge_term_uses)
     app.connect("doctree-resolved", _link_glossary_to_first_uses)
+    app.connect("doctree-read", _note_definitions)
+    app.connect("env-merge-info", _merge_definitions)
+    app.connect("doctree-resolved", _preview_terms)
     app.connect("build-finished", _write_markdown_sources)
     app.connect("html-page-context", _add_markdown_download, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
