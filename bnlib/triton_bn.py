@@ -41,6 +41,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from bnlib.torch_bn import check_input, stats_dtype
 
@@ -295,6 +296,8 @@ def check_args(x: torch.Tensor, **params: torch.Tensor) -> None:
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"{name} must be a tensor of shape (C,), got {type(p).__name__}")
     check_input(x, params["weight"].numel(), training=True)
+    if x.numel() == 0:
+        raise ValueError(f"expected a non-empty batch, got input of shape {tuple(x.shape)}")
     c = x.shape[1]
     for name, p in params.items():
         if p.shape != (c,):
@@ -386,7 +389,9 @@ class TritonBatchNormFunction(torch.autograd.Function):
 
     ``forward(x, weight, bias, eps) -> (y, mean, var)``, ``x`` ``(N, C, *spatial)``,
     ``weight``, ``bias`` ``(C,)``; ``mean`` and the biased ``var`` ``(C,)`` carry no gradient.
-    Saves ``x`` itself (no ``x - mean`` copy), so the backward is the 5-pass one.
+    Saves ``x`` itself (no ``x - mean`` copy), so the backward is the 5-pass one. It is
+    differentiable once: asking for a graph of its backward (second derivatives) raises an
+    error; :class:`bnlib.torch_bn.BatchNormFunction` gives correct second derivatives.
     """
 
     @staticmethod
@@ -397,6 +402,7 @@ class TritonBatchNormFunction(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
+    @once_differentiable  # the kernels are opaque to autograd: no graph of this backward
     def backward(ctx, dy, _dmean, _dvar):  # noqa: ANN001, ANN205
         x, mean, inv_std, weight = ctx.saved_tensors
         dx, dweight, dbias = batch_norm_backward(dy, x, mean, inv_std, weight)

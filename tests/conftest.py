@@ -1,4 +1,4 @@
-"""Shared pytest setup: hypothesis profiles and the GPU marker."""
+"""Shared pytest setup: hypothesis profiles, the GPU marker, one torch thread on request."""
 
 from __future__ import annotations
 
@@ -13,6 +13,16 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: small tensors gain nothing from more, and on a
+    busy 2-core machine (CI) competing threads make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

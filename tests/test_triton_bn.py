@@ -272,6 +272,7 @@ def no_launch(monkeypatch: pytest.MonkeyPatch) -> None:
         ((4, 3, 5), torch.float32, 4, ValueError, "expected 4 channels"),
         ((12,), torch.float32, 12, ValueError, "2-D to 5-D"),
         ((1, 3), torch.float32, 3, ValueError, "more than 1 value per channel"),
+        ((0, 3, 2), torch.float32, 3, ValueError, "non-empty batch"),
     ],
 )
 def test_bad_input_fails_before_launch(shape: tuple[int, ...], dtype: torch.dtype,
@@ -295,6 +296,18 @@ def test_bad_parameters_and_dy_fail_before_launch(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(tbn, "INTERPRETED", False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         tbn.batch_norm_forward(x.cpu(), weight.cpu(), weight.cpu(), EPS)
+
+
+def test_second_derivative_raises_instead_of_being_wrong() -> None:
+    """The kernels are opaque to autograd, so the Function is differentiable once: a
+    gradient penalty through it must raise, not silently treat the statistics as constants."""
+    x = torch.randn(4, 3, 2, 2, device=DEVICE, requires_grad=True)
+    weight, bias = torch.ones(3, device=DEVICE), torch.zeros(3, device=DEVICE)
+    y = tbn.TritonBatchNormFunction.apply(x, weight, bias, EPS)[0]
+    head = torch.randn(3, 1, 1, device=DEVICE, requires_grad=True)  # a layer after BN
+    (g,) = torch.autograd.grad((y * head).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.square().sum().backward()
 
 
 @pytest.mark.gpu
