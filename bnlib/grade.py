@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bnlib.check import GRADING_ENV
+from bnlib.check._core import GRADING_ENV
 
 MARK = "BNLIB-GRADES:"
 COLLECT = ("import json as _json, bnlib.check as _check\n"

@@ -1,0 +1,51 @@
+"""Exercise checkers: run the reader's function on inputs made here and say what is wrong.
+
+Every checker keeps one contract (the book's design guide, section 3):
+
+* it builds its own float64, seeded inputs, hard cases included (tiny and zero variance,
+  a large offset, ``N != D`` so axis mistakes show, small and larger batches);
+* an untouched stub that raises ``NotImplementedError`` prints "not done yet" and returns
+  ``False``;
+* a wrong answer raises ``AssertionError`` naming the likely mistake and its fix; so do a
+  wrong shape or type, NaN or inf, an exception in the reader's code, and an input changed
+  in place;
+* success prints one short line and returns ``True``.
+
+How the diagnosis works: an exercise is a right solution plus a catalogue of known wrong
+solutions (:class:`_Mistake`), all with the reader's signature. When the reader's outputs
+differ from the right ones, every wrong solution runs on the same inputs, and the hint of
+the one the reader's outputs match is reported; when none matches, the message shows the
+largest error, where it is, and the expected and actual values.
+
+**Grading mode.** With the environment variable ``BNLIB_GRADING=1`` (set by
+``python -m bnlib.grade``, for an instructor marking submissions) a failing checker still
+raises ``AssertionError``, but its message only names the case that fails, without the hint
+or the right values: right for an assignment, where self-study wants the fix. Either way,
+every checker records its verdict, which :func:`results` returns.
+
+Layout: :mod:`bnlib.check._core` holds the machinery (cases, mistakes, diagnosis, verdicts,
+grading, the registry of catalogues); each chapter's checkers and their catalogues of
+mistakes live in a module of their own, in reading order, ``ch01_feature_scaling`` to
+``ch09_making_bn_fast``. A new checker is an :class:`~bnlib.check._core._Exercise` (its right
+solution, its mistakes and the right formula; creating it registers it), a function making
+its ``_Case`` list, and a public function that calls ``_check``, like
+:func:`~bnlib.check.ch03_bn_algorithm.batchnorm_forward`; export it here.
+"""
+
+from bnlib.check._core import catalogues, grading, results
+from bnlib.check.ch01_feature_scaling import standardize
+from bnlib.check.ch02_covariate_shift import importance_weights, saturation_fraction
+from bnlib.check.ch03_bn_algorithm import batchnorm_backward, batchnorm_forward
+from bnlib.check.ch04_running_statistics import running_stats_update
+from bnlib.check.ch05_bn_in_cnns import fold_bn_into_conv, spatial_batchnorm_forward
+from bnlib.check.ch06_regularization import dropout_forward
+from bnlib.check.ch07_batch_size import group_norm
+from bnlib.check.ch08_paper_reproduction import inference_transform
+from bnlib.check.ch09_making_bn_fast import bn_bytes
+
+__all__ = [
+    "standardize", "saturation_fraction", "importance_weights", "batchnorm_forward",
+    "batchnorm_backward", "running_stats_update", "spatial_batchnorm_forward",
+    "fold_bn_into_conv", "dropout_forward", "group_norm", "inference_transform", "bn_bytes",
+    "catalogues", "grading", "results",
+]

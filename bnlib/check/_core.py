@@ -1,0 +1,354 @@
+"""The shared core of the exercise checkers: cases, mistakes, diagnosis, verdicts, grading.
+
+See :mod:`bnlib.check` for the contract every checker keeps. A chapter's module defines an
+:class:`_Exercise` (a right solution, a catalogue of :class:`_Mistake`, the right formula)
+and the :class:`_Case` list its checker runs, and its public checker calls :func:`_check`
+(or :func:`_verdict`, for a checker that tests statistics rather than values).
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Two fp64 implementations that differ only in rounding agree to ~1e-12; the mistakes in the
+# catalogues differ from the right answer by more than 1e-6 on at least one case.
+RTOL = 1e-6
+GRADING_ENV = "BNLIB_GRADING"
+
+Outputs = tuple[np.ndarray, ...]
+
+
+# --------------------------------------------------------------------------- the shared core
+
+
+@dataclass(frozen=True)
+class _Case:
+    """One set of inputs; ``args`` are in the order the reader's function takes them.
+
+    ``rtol`` is the tolerance of this case and ``atol_factor`` times ``rtol`` times the largest
+    right value its absolute tolerance: float32 inputs need looser ones than the defaults.
+    """
+
+    name: str
+    args: dict[str, Any]
+    rtol: float = RTOL
+    atol_factor: float = 1e-3
+
+    def describe(self) -> str:
+        parts = [
+            f"{k} of shape {v.shape}" + ("" if v.dtype == np.float64 else f" ({v.dtype})")
+            if isinstance(v, np.ndarray) else f"{k}={v!r}"
+            for k, v in self.args.items()
+        ]
+        return f"case '{self.name}' ({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class _Mistake:
+    """A known wrong solution, with the reader's signature, and the hint that fixes it."""
+
+    hint: str
+    solution: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class _Exercise:
+    """What a checker knows: the outputs' names, a right solution, the known mistakes.
+
+    ``case_hints`` maps a case name to the hint for a function that is right on every other
+    case and wrong only there (a mistake that shows as rounding, not as a formula).
+    """
+
+    name: str
+    outputs: tuple[str, ...]  # what the reader's function returns, e.g. ("dx", "dgamma", "dbeta")
+    solution: Callable[..., Any]
+    mistakes: tuple[_Mistake, ...]
+    formula: str  # the right formula, quoted when no known mistake matches
+    case_hints: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name in _CATALOGUES:
+            raise ValueError(f"two catalogues named {self.name!r}")
+        _CATALOGUES[self.name] = self
+
+
+_CATALOGUES: dict[str, _Exercise] = {}
+
+
+def catalogues() -> dict[str, _Exercise]:
+    """Every checker's catalogue (its right solution and known mistakes), by checker name.
+
+    The contract test goes over all of them: the right solution passes, each mistake is
+    caught and gets its own hint.
+    """
+    return dict(_CATALOGUES)
+
+
+class _NotDone(Exception):
+    """The reader's function still raises ``NotImplementedError``."""
+
+
+class _Failed(Exception):
+    """A failed check; :func:`_verdict` re-raises it as an ``AssertionError``.
+
+    ``case`` names the case that failed, the one thing grading mode reports.
+    """
+
+    def __init__(self, message: str, case: str = "") -> None:
+        super().__init__(message)
+        self.case = case
+
+
+_RESULTS: dict[str, dict[str, str]] = {}
+
+
+def grading() -> bool:
+    """Whether grading mode is on (``BNLIB_GRADING`` set to anything but ``""`` or ``"0"``)."""
+    return os.environ.get(GRADING_ENV, "").strip() not in ("", "0")
+
+
+def results() -> dict[str, dict[str, str]]:
+    """The last verdict of every checker run in this process, by checker name.
+
+    Each is ``{"status": "pass" | "fail" | "not done", "case": ...}``, ``case`` naming the
+    failing case (empty when the failure is not tied to one).
+    """
+    return {name: dict(v) for name, v in _RESULTS.items()}
+
+
+def _verdict(name: str, run: Callable[[], str]) -> bool:
+    """Run one checker's body, record and print its verdict; the end of every checker.
+
+    ``run`` returns what passed (e.g. "all 6 cases pass") or raises :class:`_NotDone` or
+    :class:`_Failed`.
+    """
+    try:
+        passed = run()
+    except _NotDone:
+        _RESULTS[name] = {"status": "not done", "case": ""}
+        print(f"{name}: not done yet — replace the NotImplementedError stub, "
+              "then run this cell again.")
+        return False
+    except _Failed as failure:
+        _RESULTS[name] = {"status": "fail", "case": failure.case}
+        if grading():
+            where = f" on case '{failure.case}'" if failure.case else ""
+            raise AssertionError(f"{name}: FAILED{where} (grading mode: no hints)") from None
+        raise AssertionError(f"{name}: {failure}") from None
+    _RESULTS[name] = {"status": "pass", "case": ""}
+    print(f"{name}: {passed} ✓")
+    return True
+
+
+def _check(ex: _Exercise, fn: Callable[..., Any], cases: Sequence[_Case]) -> bool:
+    """Run ``fn`` on every case and compare with ``ex.solution``; the body of every checker."""
+
+    def run() -> str:
+        got = []
+        for case in cases:
+            try:
+                got.append(_unpack(_call(fn, case), ex.outputs))
+            except _Failed as failure:
+                raise _Failed(str(failure), failure.case or case.name) from None
+        want = [_unpack(ex.solution(*case.args.values()), ex.outputs) for case in cases]
+        bad = [c for c, g, w in zip(cases, got, want, strict=True)
+               if not all(_close(a, b, c) for a, b in zip(g, w, strict=True))]
+        if bad:
+            raise _Failed(_diagnose(ex, cases, got, want, bad), bad[0].name)
+        return f"all {len(cases)} cases pass"
+
+    return _verdict(ex.name, run)
+
+
+def _call(fn: Callable[..., Any], case: _Case) -> Any:
+    """Call the reader's ``fn`` on copies of the case's inputs and return what it returns.
+
+    Turns the stub's ``NotImplementedError`` into :class:`_NotDone`, any other exception and
+    any input changed in place into :class:`_Failed`.
+    """
+    copies = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in case.args.items()}
+    try:
+        with np.errstate(all="ignore"):  # NaN and inf are diagnosed below, not warned about
+            result = fn(*copies.values())
+    except NotImplementedError:
+        raise _NotDone from None
+    except Exception as exc:
+        raise _Failed(
+            f"your function raised {type(exc).__name__}: {exc}{_where(exc)}, "
+            f"on {case.describe()}.", case.name
+        ) from None
+    for k, v in case.args.items():
+        if isinstance(v, np.ndarray) and not np.array_equal(v, copies[k], equal_nan=True):
+            raise _Failed(
+                f"your function changed its input `{k}` in place (with `{k} -= ...`, "
+                f"`{k} *= ...` or `{k}[...] = ...`), which corrupts the caller's array: "
+                f"make a new array instead, e.g. `{k} = {k} - ...`.", case.name
+            )
+    return result
+
+
+def _where(exc: BaseException) -> str:
+    """' (in f, line 3: `code`)' for the deepest frame of the reader's code, or ''."""
+    frames = traceback.extract_tb(exc.__traceback__)[1:]  # [0] is _call itself
+    frames = [f for f in frames if "-packages" not in f.filename]  # skip NumPy, torch, ...
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (in {f.name}, line {f.lineno}" + (f": `{f.line}`)" if f.line else ")")
+
+
+def _unpack(result: Any, outputs: tuple[str, ...]) -> Outputs:
+    """The arrays a function returned, one per name in ``outputs``; wrong types fail.
+
+    A single-output exercise also accepts the CS231n pairing ``(out, cache)``.
+    """
+    if len(outputs) == 1:
+        (name,) = outputs
+        if result is None:
+            raise _Failed(f"your function returned None: did you forget `return {name}`?")
+        if isinstance(result, tuple):
+            if len(result) != 2:
+                raise _Failed(
+                    f"expected {name} or ({name}, cache), but your function returned a "
+                    f"tuple of {len(result)} items."
+                )
+            result = result[0]
+        return (_as_array(result, name),)
+    names = ", ".join(outputs)
+    expected = f"a tuple ({names})"
+    if result is None:
+        raise _Failed(f"your function returned None: did you forget `return {names}`?")
+    if not isinstance(result, (tuple, list)):
+        raise _Failed(f"expected {expected}, but your function returned {_kind(result)}.")
+    if len(result) != len(outputs):
+        raise _Failed(
+            f"expected {expected}, but your function returned {len(result)} items."
+        )
+    return tuple(_as_array(v, name) for v, name in zip(result, outputs, strict=True))
+
+
+def _as_array(value: Any, name: str) -> np.ndarray:
+    """``value`` as a float64 array (NumPy arrays, torch tensors, nested lists, numbers)."""
+    if value is None:
+        raise _Failed(f"{name} is None: did you forget to compute it?")
+    if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU or requiring grad
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except Exception:
+        array = np.asarray(None)
+    if array.dtype.kind not in "fiu":
+        raise _Failed(f"{name} should be an array of floats, but it is {_kind(value)}.")
+    return array.astype(np.float64)
+
+
+def _kind(value: Any) -> str:
+    """'an object of type ndarray with shape (4, 3)': what the reader's function returned."""
+    shape = getattr(value, "shape", None)
+    with_shape = f" with shape {tuple(shape)}" if shape is not None else ""
+    return f"an object of type {type(value).__name__}{with_shape}"
+
+
+def _close(got: np.ndarray, want: np.ndarray, case: _Case | None = None) -> bool:
+    """Same shape and equal to the case's tolerance (NaN matches NaN, so a wrong variant's
+    NaN can match); ``RTOL`` without a case."""
+    if got.shape != want.shape:
+        return False
+    rtol, factor = (case.rtol, case.atol_factor) if case is not None else (RTOL, 1e-3)
+    scale = np.max(np.abs(want[np.isfinite(want)]), initial=1.0)
+    return bool(np.allclose(got, want, rtol=rtol, atol=rtol * factor * scale, equal_nan=True))
+
+
+def _agree(a: list[Outputs], b: list[Outputs], k: int, cases: Sequence[_Case]) -> bool:
+    """Whether output ``k`` is close in every case of two runs."""
+    return all(_close(x[k], y[k], c) for x, y, c in zip(a, b, cases, strict=True))
+
+
+def _diagnose(
+    ex: _Exercise, cases: Sequence[_Case], got: list[Outputs], want: list[Outputs],
+    bad: Sequence[_Case],
+) -> str:
+    """Name the mistake behind wrong outputs: a catalogue entry they match, else the facts.
+
+    First a mistake that matches every output on every case; then a case hint, when the
+    only wrong cases have one; failing that, each wrong output on its own (the reader may
+    have made one mistake in ``dx`` and another in ``dgamma``).
+    """
+    with np.errstate(all="ignore"):
+        variants = [
+            [_unpack(m.solution(*case.args.values()), ex.outputs) for case in cases]
+            for m in ex.mistakes
+        ]
+
+    outputs = range(len(ex.outputs))
+    for mistake, variant in zip(ex.mistakes, variants, strict=True):
+        if all(_agree(got, variant, k, cases) for k in outputs):
+            return mistake.hint
+    hints = {ex.case_hints.get(c.name) for c in bad}
+    if len(hints) == 1 and None not in hints:
+        return hints.pop()
+    explained: dict[str, list[str]] = {}  # hint -> names of the outputs it explains
+    unexplained = []
+    for k in (k for k in outputs if not _agree(got, want, k, cases)):
+        matching = zip(ex.mistakes, variants, strict=True)
+        hint = next((m.hint for m, variant in matching if _agree(got, variant, k, cases)),
+                    None)
+        if hint is None:
+            unexplained.append(k)
+        else:
+            explained.setdefault(hint, []).append(ex.outputs[k])
+    lines = [
+        hint if hint.startswith(tuple(names)) else f"{' and '.join(names)}: {hint}"
+        for hint, names in explained.items()
+    ]
+    lines += [_describe_error(ex.outputs[k], [g[k] for g in got], [w[k] for w in want], cases)
+              for k in unexplained]
+    if unexplained:
+        lines.append(f"No mistake this checker knows matches; the right formula: {ex.formula}")
+    return "\n".join(lines)
+
+
+def _describe_error(
+    name: str, got: list[np.ndarray], want: list[np.ndarray], cases: Sequence[_Case]
+) -> str:
+    """The facts about one wrong output: shape, NaN/inf, or the largest error and where."""
+    bad = [i for i in range(len(cases)) if not _close(got[i], want[i], cases[i])]
+    g, w = got[bad[0]], want[bad[0]]
+    where = f"in {len(bad)} of {len(cases)} cases, first on {cases[bad[0]].describe()}"
+    if g.shape != w.shape:
+        flipped = " (transposed?)" if g.ndim > 1 and g.shape == w.shape[::-1] else ""
+        return f"{name} has shape {g.shape} instead of {w.shape}{flipped} {where}."
+    if not np.isfinite(g).all():
+        i = tuple(np.argwhere(~np.isfinite(g))[0])
+        return (
+            f"{name} contains {g[i]} {where}: at {name}[{_index(i)}], where the right value "
+            f"is {w[i]:.6g}. NaN or inf usually comes from dividing by zero or taking the "
+            "square root of a negative number."
+        )
+    i = np.unravel_index(np.argmax(np.abs(g - w)), g.shape)
+    expected, actual = _distinct(float(w[i]), float(g[i]))
+    return (
+        f"{name} is wrong {where}. The largest error is at {name}[{_index(i)}]: "
+        f"expected {expected}, got {actual}."
+    )
+
+
+def _distinct(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` with the fewest significant digits (at least 6) that tell them apart."""
+    for digits in range(6, 18):
+        sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if sa != sb:
+            return sa, sb
+    return repr(a), repr(b)
+
+
+def _index(i: tuple[Any, ...]) -> str:
+    return ", ".join(str(int(j)) for j in i)
+
+

@@ -1,0 +1,170 @@
+"""Chapter 6, BN as a regularizer: its exercise checkers and their catalogues of mistakes.
+
+Public checkers: :func:`dropout_forward`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bnlib.check._core import (
+    _call,
+    _Case,
+    _Failed,
+    _unpack,
+    _verdict,
+)
+
+# --------------------------------------------------------------------------- dropout
+# Dropout's output is random, so it cannot be compared with a right answer entry by entry.
+# Its checker tests statistics and structure instead, on seeded generators: evaluation is the
+# identity; in training every entry is either 0 or x / (1 - p); the zeros make up a fraction
+# p (to many binomial standard deviations); masks differ across rows and across calls; and
+# the same seed gives the same output (the mask comes from the ``rng`` argument).
+
+_DROPOUT_FRACTION_TOL = 0.04  # >= 6 binomial standard deviations on the sizes used below
+_DROPOUT_RTOL = 1e-5  # kept values are x / (1 - p) up to float32 rounding
+
+
+def _dropout_inputs(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Float64 values with magnitudes in [0.5, 2] and random signs: no zeros, so a zero in
+    the output is a dropped entry, and no two scalings of ``x`` look alike."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def _dropout_run(fn: Callable[..., Any], x: np.ndarray, p: float, training: bool,
+                 seed: int, name: str) -> np.ndarray:
+    """The reader's ``y`` for one call, with a fresh ``default_rng(seed)``; shape checked."""
+    case = _Case(name, {"x": x, "p": p, "training": training,
+                        "rng": np.random.default_rng(seed)})
+    try:
+        (y,) = _unpack(_call(fn, case), ("y",))
+    except _Failed as failure:
+        raise _Failed(str(failure), case.name) from None
+    if y.shape != x.shape:
+        raise _Failed(f"y has shape {y.shape} but x has shape {x.shape}, on {case.describe()}: "
+                      "dropout keeps the shape (a mask of x's shape, multiplied entry by entry).",
+                      case.name)
+    if not np.all(np.isfinite(y)):
+        raise _Failed(f"y contains NaN or inf on {case.describe()}.", case.name)
+    return y
+
+
+def _dropout_eval_problem(x: np.ndarray, y: np.ndarray, p: float) -> str | None:
+    if np.allclose(y, x, rtol=_DROPOUT_RTOL, atol=0):
+        return None
+    if np.allclose(y, (1 - p) * x, rtol=_DROPOUT_RTOL, atol=0):
+        return ("in evaluation you multiplied x by (1 - p): that is the original dropout, "
+                "which does not rescale in training. Inverted dropout already divided the kept "
+                "units by (1 - p) in training, so evaluation returns x unchanged.")
+    if np.allclose(y, x / (1 - p), rtol=_DROPOUT_RTOL, atol=0):
+        return ("in evaluation you divided x by (1 - p): the rescaling belongs to training "
+                "only; with training=False return x unchanged.")
+    if np.mean(y == 0) > 0.01:
+        return ("you drop units in evaluation too (training=False gave zeros): at test time "
+                "every unit is used, so return x unchanged when training is False.")
+    return ("with training=False y should equal x (inverted dropout needs no rescaling in "
+            f"evaluation); the largest difference is {np.max(np.abs(y - x)):.3g}.")
+
+
+def _dropout_train_problem(x: np.ndarray, y: np.ndarray, p: float) -> str | None:
+    kept = y != 0
+    frac = 1.0 - kept.mean()  # the fraction of zeros
+    ratio = y[kept] / x[kept]
+
+    def scaled_by(c: float) -> bool:
+        return ratio.size > 0 and bool(np.allclose(ratio, c, rtol=_DROPOUT_RTOL, atol=0))
+
+    near = lambda f: abs(frac - f) < _DROPOUT_FRACTION_TOL  # noqa: E731
+    where = f"with p={p}, a fraction {frac:.3f} of the entries is zero"
+    if not near(p) and near(1 - p):
+        if scaled_by(1 / p) or scaled_by(1.0):
+            return (f"{where}, not p: you read p as the probability to KEEP a unit. In this "
+                    "book (and PyTorch) p is the probability to DROP one: keep with "
+                    "probability 1 - p and scale the kept units by 1 / (1 - p).")
+        return (f"{where}, about 1 - p: your mask keeps a unit when the uniform number is "
+                "below p (`rng.random(x.shape) < p`), which keeps a fraction p. Keep it when "
+                "`rng.random(x.shape) >= p`, so that a fraction p is dropped.")
+    if scaled_by(1 / (1 - p)):
+        pass
+    elif scaled_by(1.0):
+        return ("the kept units are not rescaled: multiply them by 1 / (1 - p) in training "
+                "(inverted dropout), so that E[y] = x and evaluation needs no rescaling.")
+    elif scaled_by(1 - p):
+        return ("you multiplied the kept units by (1 - p); inverted dropout DIVIDES them by "
+                "(1 - p), so that the expected output equals x.")
+    elif scaled_by(1 / p):
+        return ("you divided the kept units by p; divide by the keep probability 1 - p, so "
+                "that the expected output equals x.")
+    else:
+        return ("every entry of y should be either 0 (dropped) or x / (1 - p) (kept); the "
+                f"kept entries are x times values from {ratio.min():.4g} to {ratio.max():.4g} "
+                f"(expected {1 / (1 - p):.4g}).")
+    rows = kept.reshape(len(kept), -1)
+    if len(rows) > 1 and np.all(rows == rows[0]):
+        return ("every example in the batch has the same mask: one mask shared across the "
+                "batch. Draw a mask of x's full shape, `rng.random(x.shape)`, not one of "
+                "shape (D,) broadcast over the rows.")
+    if np.all(rows.all(axis=1) | ~rows.any(axis=1)):
+        return ("you drop whole examples (every row is kept or zeroed as a whole): draw one "
+                "number per entry, `rng.random(x.shape)`, not one per row.")
+    if not near(p):
+        return (f"{where}, expected about p: drop each entry independently with probability "
+                "p, e.g. `keep = rng.random(x.shape) >= p`.")
+    return None
+
+
+def dropout_forward(fn: Callable[..., Any]) -> bool:
+    """Check the reader's inverted dropout.
+
+    ``fn(x, p, training, rng)`` takes ``x`` of any shape (``(N, D)`` here, and one 3-D case),
+    the drop probability ``p`` in [0, 1), a bool and a ``numpy.random.Generator``; it
+    returns ``y`` of ``x``'s shape: in training each entry is 0 with probability ``p``,
+    independently, else ``x / (1 - p)``, the mask drawn from ``rng``; in evaluation ``y = x``.
+
+    Random outputs are checked by statistics and structure with seeded generators (see the
+    comment above). Returns ``True`` (and prints one line) when every check passes,
+    ``False`` while ``fn`` is the untouched ``NotImplementedError`` stub; raises
+    ``AssertionError`` naming the likely mistake otherwise.
+    """
+
+    def run() -> str:
+        checks = 0
+        for p, shape, seed in ((0.2, (400, 30), 1), (0.7, (300, 40), 2), (0.5, (60, 10, 8), 3)):
+            x = _dropout_inputs(shape, seed)
+            name = f"p={p}, x of shape {shape}"
+            y = _dropout_run(fn, x, p, False, seed, f"evaluation, {name}")
+            if problem := _dropout_eval_problem(x, y, p):
+                raise _Failed(problem, f"evaluation, {name}")
+            y = _dropout_run(fn, x, p, True, seed, f"training, {name}")
+            if problem := _dropout_train_problem(x, y, p):
+                raise _Failed(f"{problem} (case: training, {name})", f"training, {name}")
+            checks += 2
+        x = _dropout_inputs((200, 20), 4)
+        y = _dropout_run(fn, x, 0.0, True, 4, "training, p=0")
+        if not np.allclose(y, x, rtol=_DROPOUT_RTOL, atol=0):
+            raise _Failed("with p=0 nothing should be dropped or rescaled (y = x), but y "
+                          "differs from x.", "training, p=0")
+        case = _Case("two calls", {"x": x, "p": 0.5, "training": True,
+                                   "rng": np.random.default_rng(5)})
+        first, second = (_unpack(_call(fn, case), ("y",))[0] for _ in range(2))
+        if np.array_equal(first != 0, second != 0):
+            raise _Failed("two calls with the same generator gave the same mask: the mask must "
+                          "be new on every call. Draw it from the `rng` argument each time; "
+                          "do not create a generator with a fixed seed inside your function.",
+                          case.name)
+        again = [_dropout_run(fn, x, 0.5, True, 6, "same seed") for _ in range(2)]
+        if not np.array_equal(again[0], again[1]):
+            raise _Failed("two fresh generators with the same seed gave different masks: your "
+                          "mask does not come from the `rng` argument (np.random.* or torch's "
+                          "global generator?). Draw it with `rng.random(x.shape)`, so runs are "
+                          "reproducible.", "same seed")
+        return f"all {checks + 3} checks pass"
+
+    return _verdict("dropout_forward", run)
+
+
