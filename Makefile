@@ -30,7 +30,7 @@ test: data  ## unit, property and checker tests, then every notebook through nbv
 	$(BIN)/python -m pytest tests book --ignore=tests/browser \
 		--nbval-lax --nbval-current-env -n $(PYTEST_WORKERS) --dist loadscope
 
-test-seeds: data  ## every notebook again at each shifted seed offset (GUIDE section 4)
+test-seeds: data  ## every notebook again at each shifted seed offset (the claim rule)
 	@for k in $(SEED_OFFSETS); do \
 		echo "== every notebook at BNLIB_SEED_OFFSET=$$k"; \
 		BNLIB_SEED_OFFSET=$$k $(BIN)/python -m pytest book -q -p no:cacheprovider \

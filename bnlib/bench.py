@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from bnlib import reference as ref
+from bnlib.runtime import device as default_device
 from bnlib.torch_bn import BatchNormFunction
 
 PASSES = {"forward": 3, "backward": 5, "both": 8}
@@ -152,11 +153,11 @@ def _torch_impl(fn: Callable) -> dict[str, Callable]:
         s["y"] = fn(s["x"], s["w"], s["b"])  # kept, so "backward" can be timed alone
         return s
 
-    def backward(s: dict) -> None:
-        torch.autograd.grad(s["y"], (s["x"], s["w"], s["b"]), s["dy"], retain_graph=True)
+    def backward(s: dict) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(s["y"], (s["x"], s["w"], s["b"]), s["dy"], retain_graph=True)
 
-    def both(s: dict) -> None:
-        torch.autograd.grad(fn(s["x"], s["w"], s["b"]), (s["x"], s["w"], s["b"]), s["dy"])
+    def both(s: dict) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(fn(s["x"], s["w"], s["b"]), (s["x"], s["w"], s["b"]), s["dy"])
 
     return {"setup": setup, "forward": lambda s: fn(s["x"], s["w"], s["b"]).detach(),
             "backward": backward, "both": both}
@@ -173,8 +174,8 @@ def _numpy_impl(fwd: Callable, bwd: Callable) -> dict[str, Callable]:
         s["cache"] = fwd(s["x"], s["g"], s["b"])[1]
         return s
 
-    def both(s: dict) -> None:
-        bwd(s["dy"], fwd(s["x"], s["g"], s["b"])[1])
+    def both(s: dict) -> tuple[np.ndarray, ...]:
+        return bwd(s["dy"], fwd(s["x"], s["g"], s["b"])[1])
 
     return {"setup": setup, "forward": lambda s: fwd(s["x"], s["g"], s["b"])[0],
             "backward": lambda s: bwd(s["dy"], s["cache"]), "both": both}
@@ -204,9 +205,10 @@ def triton_available() -> bool:
 def implementations(device: torch.device, compiled: bool) -> dict[str, dict[str, Callable]]:
     """For each implementation, ``setup(x) -> state`` and ``forward``/``backward``/``both``.
 
-    Every implementation gets the same tensor ``x`` (and ``dy``) and must compute BN in
-    training mode with batch statistics; ``backward`` computes ``dx``, ``dgamma``, ``dbeta``
-    from a forward done in ``setup``; ``both`` does forward and backward.
+    Every implementation gets the same tensor ``x`` and must compute BN in training mode
+    with batch statistics (weight 1, bias 0); ``backward`` returns ``(dx, dgamma, dbeta)``
+    for the upstream gradient ``state["dy"]`` from a forward done in ``setup``; ``both``
+    does forward and backward and returns the same.
     """
     impls = {"torch native": _torch_impl(native),
              "bnlib autograd.Function": _torch_impl(bnlib_function)}
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", action="store_true",
                     help=f"on a GPU, also store the results as {RECORDED_GPU} (commit it)")
     args = ap.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     if args.record and device.type != "cuda":
         ap.error("--record stores GPU results, and no CUDA device is available here")
     if args.threads:

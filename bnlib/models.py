@@ -149,5 +149,5 @@ class _ImageInput(nn.Module):
         super().__init__()
         self.in_channels = in_channels
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         return x.unsqueeze(1) if x.dim() == 3 else x

@@ -1,6 +1,6 @@
 """NumPy reference implementation of Batch Normalization.
 
-Everything here follows PyTorch's conventions exactly (see ``GUIDE.md`` section 3):
+Everything here follows PyTorch's conventions exactly:
 
 * statistics are taken per channel, the channel being axis 1, over every other axis, so
   ``x`` of shape ``(N, C)`` or ``(N, C, *spatial)`` gives ``C`` means and variances;

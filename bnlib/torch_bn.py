@@ -105,7 +105,7 @@ class BatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):  # noqa: ANN001, ANN205 (autograd's signature)
+    def forward(ctx, x, weight, bias, eps):
         nd = x.dim()
         xs = x.to(stats_dtype(x))
         m = xs.numel() // xs.shape[1]
@@ -127,7 +127,7 @@ class BatchNormFunction(torch.autograd.Function):
         return y.to(x.dtype), mean + c, var
 
     @staticmethod
-    def backward(ctx, dy, _dmean, _dvar):  # noqa: ANN001, ANN205
+    def backward(ctx, dy, _dmean, _dvar):
         # d = x - mean + c was saved, not x_hat: no extra full-size write in the forward.
         x, d, c, inv_std, weight = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: this backward will be differentiated
@@ -679,7 +679,7 @@ class GhostBatchNorm(BatchNorm):
     Other arguments as in :class:`BatchNorm`.
     """
 
-    def __init__(self, num_features: int, ghost_batch_size: int, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, num_features: int, ghost_batch_size: int, *args, **kwargs) -> None:
         if ghost_batch_size < 2:
             raise ValueError(f"ghost_batch_size must be at least 2, got {ghost_batch_size}")
         super().__init__(num_features, *args, **kwargs)
@@ -718,7 +718,7 @@ class BatchRenorm(BatchNorm):
     """
 
     def __init__(self, num_features: int, r_max: float = 3.0, d_max: float = 5.0,
-                 *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+                 *args, **kwargs) -> None:
         super().__init__(num_features, *args, **kwargs)
         if not self.track_running_stats:
             raise ValueError("BatchRenorm needs running statistics (track_running_stats=True)")
@@ -773,7 +773,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):  # noqa: ANN001, ANN205
+    def forward(ctx, x, weight, bias, eps):
         import torch.distributed as dist
 
         nd, dims = x.dim(), reduce_dims(x)
@@ -803,7 +803,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # no graph of this backward: second derivatives raise, never lie
-    def backward(ctx, dy, _dmean, _dvar, _dcount):  # noqa: ANN001, ANN205
+    def backward(ctx, dy, _dmean, _dvar, _dcount):
         import torch.distributed as dist
 
         x_hat, inv_std, weight, count = ctx.saved_tensors

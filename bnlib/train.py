@@ -28,7 +28,6 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
-    records: dict[str, list] = field(default_factory=dict)
 
     @property
     def final_acc(self) -> float:

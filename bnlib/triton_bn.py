@@ -395,7 +395,7 @@ class TritonBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):  # noqa: ANN001, ANN205 (autograd's signature)
+    def forward(ctx, x, weight, bias, eps):
         y, mean, var, inv_std = batch_norm_forward(x, weight, bias, eps)
         ctx.save_for_backward(x, mean, inv_std, weight)
         ctx.mark_non_differentiable(mean, var)
@@ -403,7 +403,7 @@ class TritonBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # the kernels are opaque to autograd: no graph of this backward
-    def backward(ctx, dy, _dmean, _dvar):  # noqa: ANN001, ANN205
+    def backward(ctx, dy, _dmean, _dvar):
         x, mean, inv_std, weight = ctx.saved_tensors
         dx, dweight, dbias = batch_norm_backward(dy, x, mean, inv_std, weight)
         return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None

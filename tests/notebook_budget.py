@@ -3,11 +3,11 @@
 Usage: ``python tests/notebook_budget.py [--cores 2] [--offsets 0-9] [notebook ...]``.
 
 * ``make budget`` times each notebook at the default seeds, pinned to ``--cores`` CPUs the
-  way CI's 2-core machine runs it. The budget (GUIDE section 4) is 90 s and 2.5 GB per
+  way CI's 2-core machine runs it. The budget (README, Contributing) is 90 s and 2.5 GB per
   notebook; the exit status is 1 if any notebook is over it or fails.
 * ``--offsets 0-9`` (or ``0,3,7``) runs every notebook once per seed offset
   (``BNLIB_SEED_OFFSET``, see :mod:`bnlib.runtime`) and reports, for each run, every cell
-  that raised, with the line that raised: the claim-rule sweep of GUIDE section 4. A run
+  that raised, with the line that raised: the sweep behind the claim rule (README). A run
   does not stop at its first failing cell, so one sweep shows every fragile claim.
   ``--jobs 2`` runs two notebooks at a time (each on its own core: the chapters use one
   PyTorch thread); ``--json FILE`` writes all results; ``--save DIR`` keeps each executed

@@ -67,16 +67,25 @@ def test_run_reports_every_implementation_with_bandwidth_and_ratios():
 
 
 def test_every_implementation_computes_batchnorm():
-    # The harness must time BN, not something cheaper: each "both" step's forward output
-    # equals F.batch_norm, and its backward leaves the same gradients.
+    # The harness must time BN, not something cheaper: every forward equals F.batch_norm,
+    # and every backward (alone, twice, and after a forward) gives autograd's gradients of
+    # F.batch_norm for the same upstream gradient dy.
     x = torch.randn(4, 3, 5, 5) * 2 + 1
     for name, impl in bench.implementations(torch.device("cpu"), compiled=False).items():
         state = impl["setup"](x)
         y = torch.as_tensor(impl["forward"](state))
-        expected = torch.nn.functional.batch_norm(x, None, None, training=True)
-        torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5, msg=name)
-        impl["backward"](state)  # from the forward done in setup; must not raise twice
-        impl["backward"](state)
+        xr = x.double().requires_grad_(True)
+        w, b = torch.ones(3, dtype=torch.float64, requires_grad=True), torch.zeros(
+            3, dtype=torch.float64, requires_grad=True)
+        expected = torch.nn.functional.batch_norm(xr, None, None, w, b, training=True)
+        torch.testing.assert_close(y.double(), expected.detach(), atol=1e-5, rtol=1e-5, msg=name)
+        dy = torch.as_tensor(state["dy"]).double()
+        want = torch.autograd.grad(expected, (xr, w, b), dy)
+        for step in ("backward", "backward", "both"):
+            got = impl[step](state)
+            for g, e, what in zip(got, want, ("dx", "dgamma", "dbeta"), strict=True):
+                torch.testing.assert_close(torch.as_tensor(g).double(), e, atol=1e-4,
+                                           rtol=1e-4, msg=f"{name} {step} {what}")
 
 
 def test_record_refuses_without_a_gpu(capsys):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 triton = pytest.importorskip("triton")
 
 
-def import_triton_bn():  # noqa: ANN201
+def import_triton_bn():
     """Import ``bnlib.triton_bn``, in Triton's interpreter when there is no CUDA.
 
     Triton reads ``TRITON_INTERPRET`` when a kernel is *decorated* (``triton.jit``), not when
