@@ -7,7 +7,7 @@ PYTEST_WORKERS ?= 2
 SEED_OFFSETS ?= 1 2   # make test-seeds: the shifted draws CI runs every notebook at
 SWEEP ?= 0-9          # make sweep: the offsets it runs each notebook at
 
-.PHONY: book notebooks test test-seeds sweep data browser-test bench budget serve lint clean
+.PHONY: book notebooks lock test test-seeds sweep data browser-test bench budget serve lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ data: $(STAMP)  ## make Fashion-MNIST available (verified by SHA-256)
 book: data  ## build the HTML book, executing every chapter; warnings are errors
 	BNLIB_PROGRESS=summary $(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
+lock: $(STAMP)  ## resolve requirements.in into the exact pins of requirements.txt
+	$(BIN)/pip-compile -q --no-strip-extras --no-emit-index-url --no-emit-find-links \
+		--output-file requirements.txt requirements.in
+	# torch: pin the version without the "+cpu" label of a CPU wheel found on disk, so
+	# that PyPI (which has no such label) satisfies the pin too
+	sed -i.bak 's/^torch==\(.*\)+cpu$$/torch==\1/' requirements.txt && rm requirements.txt.bak
 
 notebooks: $(STAMP)  ## regenerate notebooks/ (student + solutions) from book/; commit them
 	BOOK_NOTEBOOKS_DIR=$(CURDIR)/notebooks $(BIN)/jupyter-book build . -W -n --keep-going \
