@@ -259,9 +259,8 @@ class BatchNorm:
             factor = 1.0 / self.num_batches_tracked
         else:
             factor = self.momentum
-        unbiased_var = var * m / (m - 1)
-        self.running_mean = (1.0 - factor) * self.running_mean + factor * mean
-        self.running_var = (1.0 - factor) * self.running_var + factor * unbiased_var
+        self.running_mean, self.running_var = running_update(
+            self.running_mean, self.running_var, mean, var, m, factor)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Gradient of the last forward call; sets ``self.dgamma`` and ``self.dbeta``."""
@@ -303,8 +302,27 @@ def ema_update(
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    new_weight = momentum if convention == "pytorch" else 1.0 - momentum
-    return (1.0 - new_weight) * running + new_weight * batch_value
+    return _ema(running, batch_value, momentum if convention == "pytorch" else 1.0 - momentum)
+
+
+def _ema(running: Any, value: Any, new_weight: float) -> Any:
+    """``(1 - new_weight) * running + new_weight * value``: the moving average's one formula
+    (unchecked, so that ``torch.compile`` can trace a data-dependent weight)."""
+    return (1.0 - new_weight) * running + new_weight * value
+
+
+def running_update(
+    running_mean: Any, running_var: Any, mean: Any, var: Any, m: int, factor: float
+) -> tuple[Any, Any]:
+    """The running statistics after one training batch, as PyTorch updates them.
+
+    ``mean`` and the biased ``var`` are the batch's, over ``m`` values per channel; the
+    variance is averaged in unbiased, ``var * m / (m - 1)``. ``factor`` is the new batch's
+    weight (``momentum``, or ``1 / num_batches_tracked`` for a cumulative average). Only
+    arithmetic: NumPy arrays and torch tensors alike, all ``(C,)``; returns new ones.
+    """
+    unbiased = var * (m / (m - 1))
+    return _ema(running_mean, mean, factor), _ema(running_var, unbiased, factor)
 
 
 # --------------------------------------------------------------------------- folding for inference

@@ -24,6 +24,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bnlib.reference import running_update
+
 
 def reduce_dims(x: torch.Tensor) -> list[int]:
     """The dimensions BN averages over: every dimension but the channel dimension 1."""
@@ -173,6 +175,23 @@ def differentiable_backward(
     k = per_channel(weight.to(xs.dtype) * inv_std / m, nd)
     dx = k * (m * g - per_channel(dbeta, nd) - x_hat * per_channel(dgamma, nd))
     return dx.to(dy.dtype), dgamma.to(weight.dtype), dbeta.to(weight.dtype)
+
+
+def merge_moments(
+    counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge the moments of several groups along ``dim`` (Chan, Golub & LeVeque, 1983).
+
+    ``counts``, ``means`` and ``m2s`` (sums of squared deviations from each group's own
+    mean) have one entry per group along ``dim``, e.g. ``(groups, C)``. Returns the
+    ``(count, mean, biased variance)`` of all groups together, ``dim`` summed away:
+    ``mean = sum n_k mean_k / n`` and ``M2 = sum M2_k + sum n_k (mean_k - mean)^2``, which
+    stays accurate where a difference of sums of squares would cancel.
+    """
+    count = counts.sum(dim)
+    mean = (counts * means).sum(dim) / count
+    m2 = m2s.sum(dim) + (counts * (means - mean.unsqueeze(dim)).square()).sum(dim)
+    return count, mean, m2 / count
 
 
 def check_input(x: torch.Tensor, num_features: int | None, training: bool) -> None:
@@ -358,9 +377,11 @@ class BatchNorm(_BatchNorm):
             factor = 1.0 / float(self.num_batches_tracked)
         else:
             factor = self.momentum
-        unbiased = var * (m / (m - 1))
-        self.running_mean.mul_(1.0 - factor).add_(factor * mean.to(self.running_mean.dtype))
-        self.running_var.mul_(1.0 - factor).add_(factor * unbiased.to(self.running_var.dtype))
+        dtype = self.running_mean.dtype
+        new_mean, new_var = running_update(self.running_mean, self.running_var,
+                                           mean.to(dtype), var.to(dtype), m, factor)
+        self.running_mean.copy_(new_mean)
+        self.running_var.copy_(new_var)
 
 
 # --------------------------------------------------------------------------- converting models
@@ -764,12 +785,11 @@ class SyncBatchNormFunction(torch.autograd.Function):
     """Training-mode BN whose statistics cover the batches of all processes.
 
     ``forward(x, weight, bias, eps) -> (y, mean, var, count)``: every process all-gathers the
-    per-channel ``(count, mean, M2)`` of its local batch and merges them (Chan et al., 1983:
-    ``mean = sum n_k mean_k / n``, ``M2 = sum M2_k + sum n_k (mean_k - mean)^2``), which is
-    stable where sums of squares are not. The backward all-reduces ``sum(dy)`` and
-    ``sum(dy * x_hat)``; the returned weight and bias gradients are the *local* ones (DDP
-    sums them over processes). It is differentiable once: asking for a graph of its backward
-    (second derivatives) raises an error.
+    per-channel ``(count, mean, M2)`` of its local batch and merges them
+    (:func:`merge_moments`), which is stable where sums of squares are not. The backward
+    all-reduces ``sum(dy)`` and ``sum(dy * x_hat)``; the returned weight and bias gradients
+    are the *local* ones (DDP sums them over processes). It is differentiable once: asking
+    for a graph of its backward (second derivatives) raises an error.
     """
 
     @staticmethod
@@ -788,12 +808,10 @@ class SyncBatchNormFunction(torch.autograd.Function):
         gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, local)
         counts, means, m2s = torch.stack(gathered).unbind(1)  # each (world, C)
-        count = counts.sum(0)
-        if float(count[0]) <= 1:
+        if float(counts.sum(0)[0]) <= 1:
             raise ValueError("expected more than 1 value per channel when training, "
-                             f"got {int(count[0])} over all processes")
-        mean = (counts * means).sum(0) / count
-        var = (m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)) / count  # biased
+                             f"got {int(counts.sum(0)[0])} over all processes")
+        count, mean, var = merge_moments(counts, means, m2s, dim=0)  # var biased
         inv_std = torch.rsqrt(var + eps)
         x_hat = (xs - per_channel(mean, nd)) * per_channel(inv_std, nd)
         y = x_hat * per_channel(weight.to(xs.dtype), nd) + per_channel(bias.to(xs.dtype), nd)

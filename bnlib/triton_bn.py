@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from bnlib.torch_bn import check_input, stats_dtype
+from bnlib.torch_bn import check_input, merge_moments, stats_dtype
 
 TILE = 1024  # elements per tile
 BLOCK_C_MAX = 32  # channels per tile when the channel dim is the contiguous one
@@ -314,15 +314,6 @@ def check_args(x: torch.Tensor, **params: torch.Tensor) -> None:
 # --------------------------------------------------------------------------- forward, backward
 
 
-def merge_stats(part: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge per-chunk ``(count, mean, M2)``, ``part`` ``(3, C, K)``, into ``(mean, var)``,
-    each ``(C,)``; ``m`` is the total count per channel."""
-    count, mean_k, m2_k = part.unbind(0)
-    mean = (count * mean_k).sum(1) / m
-    m2 = m2_k.sum(1) + (count * (mean_k - mean[:, None]).square()).sum(1)
-    return mean, m2 / m
-
-
 def batch_norm_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -336,11 +327,11 @@ def batch_norm_forward(
     """
     check_args(x, weight=weight, bias=bias)
     x = flattenable(x)
-    acc, m = stats_dtype(x), x.numel() // x.shape[1]
+    acc = stats_dtype(x)
     p = plan(x)
     part = torch.empty((3, p.C, p.grid[1]), dtype=acc, device=x.device)
     _stats_kernel[p.grid](x, part, *p.args(), **p.meta())
-    mean_shifted, var = merge_stats(part, m)
+    _, mean_shifted, var = merge_moments(*part.unbind(0), dim=1)  # part: (3, C, chunks)
     mean = x[(0, slice(None), *[0] * (x.dim() - 2))].to(acc) + mean_shifted  # + x[0, c, 0]
     inv_std = torch.rsqrt(var + eps)
     scale = weight.to(acc) * inv_std
