@@ -47,11 +47,11 @@ def mathjax_es5_dir() -> Path:
     return es5
 
 
-def _use_local_mathjax(app: Sphinx, config) -> None:  # noqa: ANN001
+def _use_local_mathjax(app: Sphinx, config) -> None:
     config.mathjax_path = ENTRY
 
 
-def _add_book_css(app: Sphinx, config) -> None:  # noqa: ANN001
+def _add_book_css(app: Sphinx, config) -> None:
     config.html_static_path.append(str(Path(__file__).parent / "static"))
     app.add_css_file("book.css")
 
@@ -65,7 +65,7 @@ def _copy_mathjax(app: Sphinx, exception: Exception | None) -> None:
 
 
 def _dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict,
-                    doctree) -> None:  # noqa: ANN001
+                    doctree) -> None:
     scripts = context.get("script_files")
     if not scripts:
         return
@@ -103,7 +103,7 @@ def _purge_term_uses(app: Sphinx, env: BuildEnvironment, docname: str) -> None:
         per_doc.pop(docname, None)
 
 
-def _merge_term_uses(app: Sphinx, env: BuildEnvironment, docnames, other) -> None:  # noqa: ANN001
+def _merge_term_uses(app: Sphinx, env: BuildEnvironment, docnames, other) -> None:
     mine = env.__dict__.setdefault("bn_term_uses", {})
     for term, per_doc in other.__dict__.get("bn_term_uses", {}).items():
         mine.setdefault(term, {}).update({d: a for d, a in per_doc.items() if d in docnames})
@@ -162,7 +162,7 @@ def _note_definitions(app: Sphinx, doctree: nodes.document) -> None:
                 found[node_id] = text
 
 
-def _merge_definitions(app: Sphinx, env: BuildEnvironment, docnames, other) -> None:  # noqa: ANN001
+def _merge_definitions(app: Sphinx, env: BuildEnvironment, docnames, other) -> None:
     env.__dict__.setdefault("bn_term_definitions", {}).update(
         other.__dict__.get("bn_term_definitions", {}))
 
@@ -197,7 +197,7 @@ def _write_markdown_sources(app: Sphinx, exception: Exception | None) -> None:
 
 
 def _add_markdown_download(app: Sphinx, pagename: str, templatename: str, context: dict,
-                           doctree) -> None:  # noqa: ANN001
+                           doctree) -> None:
     if context.get("page_source_suffix") != ".ipynb":
         return
     for group in context.get("header_buttons", []):
