@@ -248,6 +248,40 @@ def quantile_band(
     ax.legend()
 
 
+def roofline(
+    ax: plt.Axes, peak_flops: float, bandwidth: float,
+    points: dict[str, tuple[object, object]] | None = None,
+    xlim: tuple[float, float] = (1e-2, 1e3), colors: dict[str, str] | None = None,
+) -> None:
+    """The roofline ``min(peak_flops, I * bandwidth)`` on log-log axes, with points on it.
+
+    ``peak_flops`` (FLOP/s) and ``bandwidth`` (bytes/s) are the two measured ceilings; the x
+    axis is the arithmetic intensity ``I`` in FLOP/byte over ``xlim``, the y axis a speed in
+    GFLOP/s. A dotted line marks the machine balance ``peak_flops / bandwidth`` when it lies
+    inside ``xlim``. ``points`` maps a label to ``(intensities, flops_per_second)``, two
+    scalars or two sequences of equal length (e.g. one implementation's forward, backward
+    and both): each label gets its own colour (``colors``, else the palette without the
+    roof's grey) and marker.
+    """
+    grid = np.geomspace(xlim[0], xlim[1], 200)
+    ax.loglog(grid, np.minimum(peak_flops, grid * bandwidth) / 1e9, color=COLORS["neutral"],
+              label="roofline: min(π, I·β)")
+    balance = peak_flops / bandwidth
+    if xlim[0] < balance < xlim[1]:
+        ax.axvline(balance, color=COLORS["neutral"], ls=":", lw=1)
+        ax.annotate(f"balance {balance:.0f}", (balance, peak_flops / 1e9 / 6), rotation=90,
+                    fontsize=8, ha="right")
+    palette = [c for k, c in COLORS.items() if k != "neutral"]
+    for k, (label, (i, flops)) in enumerate((points or {}).items()):
+        color = (colors or {}).get(label, palette[k % len(palette)])
+        ax.plot(np.atleast_1d(i), np.atleast_1d(flops) / 1e9, "osD^vP"[k % 6], color=color,
+                linestyle="none", label=label)
+    ax.set_xlim(*xlim)
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("speed (GFLOP/s)")
+    ax.legend(loc="lower right")
+
+
 def value_scatter(
     ax: plt.Axes, points: dict[str, np.ndarray], values: dict[str, np.ndarray],
     xlabel: str, ylabel: str, value_label: str, size: float = 45,

@@ -102,12 +102,14 @@ def test_unknown_mistake_quotes_formula():
 
 
 def test_checker_agrees_with_bench_byte_model():
-    # The checker's right answer is the model bnlib.bench divides its timings by.
-    shape = (8, 16, 16, 16)
-    for which in ("forward", "backward"):
+    # The checker's right answer is the model bnlib.bench divides its timings by: a byte
+    # count built from bench.PASSES alone passes every case of the checker.
+    def from_bench(shape, dtype_bytes, which):
         passes = bench.PASSES["both"] - bench.PASSES["forward"] if which == "backward" \
-            else bench.PASSES["forward"]
-        assert bytes_right(shape, 4, which) == passes * math.prod(shape) * 4
+            else bench.PASSES[which]
+        return passes * math.prod(shape) * dtype_bytes
+
+    assert check.bn_bytes(from_bench) is True
 
 
 def test_fast_numpy_matches_torch():
@@ -125,3 +127,29 @@ def test_fast_numpy_matches_torch():
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(dg, gt.grad.numpy(), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-8, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- plots.roofline
+
+
+def test_roofline_draws_the_bound_the_balance_and_one_series_per_label():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bnlib import plots
+
+    peak, beta = 40e9, 5e9  # FLOP/s and bytes/s: balance 8 FLOP/byte
+    fig, ax = plots.subplots()
+    points = {"fused": ([0.35, 0.5], [1.0e9, 2.0e9]), "matmul": (171.0, peak)}
+    plots.roofline(ax, peak, beta, points)
+    roof, _, fused, matmul = ax.get_lines()  # the roof, the balance line, then the points
+    i, gflops = roof.get_data()
+    np.testing.assert_allclose(gflops, np.minimum(peak, i * beta) / 1e9)
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert any(t.get_text() == "balance 8" for t in ax.texts)
+    np.testing.assert_allclose(fused.get_ydata(), [1.0, 2.0])      # in GFLOP/s
+    assert fused.get_linestyle() == "None" and fused.get_marker() != matmul.get_marker()
+    assert [t.get_text() for t in ax.get_legend().get_texts()][1:] == ["fused", "matmul"]
+    plots.roofline(zoom := plots.subplots()[1], peak, beta, xlim=(0.3, 0.6))
+    assert not zoom.texts and len(zoom.get_lines()) == 1  # the balance lies outside the zoom
+    matplotlib.pyplot.close("all")
