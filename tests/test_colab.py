@@ -1,10 +1,12 @@
-"""The notebooks' Colab setup cell, run for real in a simulated Colab.
+"""The notebooks' setup cell, run for real in a simulated Colab and a fresh Jupyter.
 
 Colab is simulated by a stand-in ``google.colab`` module and a fresh virtual environment
 that has the book's dependencies (NumPy, PyTorch, ...) but not bnlib. The cell's
 ``pip install "bnlib @ git+<repository URL>"`` then really runs: git is told to fetch that
 URL from this checkout instead of the network, so the test proves the cell installs a
 working bnlib from the repository named in ``_config.yml``, without reaching GitHub.
+Outside Colab, the same environment stands for a fresh Jupyter without bnlib: there the
+cell must stop at once with one message saying what to run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_notebooks import colab_block
 
 import bnlib
 
@@ -28,10 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 REPO_URL = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
 
 
-def setup_cell(notebook: Path) -> str:
+def setup_block(notebook: Path) -> str:
+    """The notebook's setup block (its first code cell starts with it; test_notebooks checks)."""
     nb = json.loads(notebook.read_text())
-    cell = next(c for c in nb["cells"] if c["cell_type"] == "code")
-    return "".join(cell["source"])
+    cell = "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
+    block = colab_block(REPO_URL)
+    assert cell.startswith(block)
+    return block
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +78,21 @@ def test_without_the_cell_the_fake_colab_has_no_bnlib(colab):
     assert out.returncode != 0 and "No module named 'bnlib'" in out.stderr
 
 
+def test_in_a_fresh_jupyter_the_cell_stops_saying_what_to_run(colab):
+    # Runs before the Colab test below installs bnlib into the shared environment.
+    env = {**colab["env"], "PYTHONPATH": ""}  # no google.colab: not Colab
+    for notebook in (ROOT / "notebooks" / "03_bn_algorithm.ipynb",
+                     ROOT / "book" / "03_bn_algorithm.ipynb"):
+        out = subprocess.run([str(colab["python"]), "-c", setup_block(notebook)], env=env,
+                             cwd=colab["cwd"], capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("ModuleNotFoundError: This notebook needs bnlib"), last
+        assert f'%pip install "bnlib @ git+{REPO_URL}"' in last, last
+
+
 def test_setup_cell_installs_bnlib_from_the_repository_on_colab(colab):
-    cell = setup_cell(ROOT / "book" / "03_bn_algorithm.ipynb").split("import bnlib")[0]
+    cell = setup_block(ROOT / "book" / "03_bn_algorithm.ipynb")
     check = textwrap.dedent("""
         import bnlib, bnlib.reference, bnlib.torch_bn
         assert "site-packages" in bnlib.__file__, bnlib.__file__

@@ -3,8 +3,13 @@
 Run after `make book` with `make browser-test`. For every page in `_toc.yml` it checks that
 the page loads with no console errors and no failed or third-party requests, that MathJax
 rendered every formula, that every image loads, that exercise solutions start hidden and
-open on a click, and that the Colab button opens this page's notebook. It also searches
-the book for a known term. Screenshots land in `_build/screenshots/` for the record.
+open on a click, and that the Colab button and the download button hand out the page's
+student notebook. At a desktop (1280 px) and a phone (400 px) width it measures every
+element of the page and fails on any that is clipped or runs out of its column without a
+scroll bar, and on an equation number drawn over its formula. It also checks that no page
+shows a frozen progress bar, an internal equation label or production vocabulary, that
+glossary terms preview their definition, and searches the book for a known term.
+Screenshots land in `_build/screenshots/` for the record.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -46,7 +52,7 @@ def toc_pages() -> list[str]:
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     pages = [toc["root"]]
 
-    def walk(node) -> None:  # noqa: ANN001
+    def walk(node) -> None:
         if isinstance(node, dict):
             if "file" in node:
                 pages.append(node["file"])
@@ -61,7 +67,7 @@ def toc_pages() -> list[str]:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # noqa: ANN002
+    def log_message(self, *args) -> None:
         pass
 
 
@@ -91,12 +97,13 @@ def browser() -> Iterator:
 class PageVisit:
     """A page opened in a fresh context, with what happened on the way recorded."""
 
-    def __init__(self, browser, base: str, page_path: str) -> None:  # noqa: ANN001
+    def __init__(self, browser, base: str, page_path: str,
+                 width: int = 1280) -> None:
         self.base = base
         self.console_errors: list[str] = []
         self.failed: list[str] = []
         self.third_party: list[str] = []
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.context = browser.new_context(viewport={"width": width, "height": 900})
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
         self.page.on("console", self._console)
@@ -106,7 +113,7 @@ class PageVisit:
         self.page.goto(f"{base}/{page_path}.html", wait_until="load")
         self.wait_for_mathjax()
 
-    def _route(self, route) -> None:  # noqa: ANN001
+    def _route(self, route) -> None:
         url = route.request.url
         if url.startswith(self.base) or urlparse(url).scheme in ("data", "blob", "about"):
             route.continue_()
@@ -114,12 +121,12 @@ class PageVisit:
             self.third_party.append(url)
             route.abort()
 
-    def _console(self, msg) -> None:  # noqa: ANN001
+    def _console(self, msg) -> None:
         # The theme logs this once when no colour mode was saved yet; it is not a fault.
         if msg.type == "error" and "invalid theme mode" not in msg.text:
             self.console_errors.append(msg.text)
 
-    def _response(self, response) -> None:  # noqa: ANN001
+    def _response(self, response) -> None:
         if response.status >= 400:
             self.failed.append(f"{response.url} (HTTP {response.status})")
 
@@ -135,11 +142,11 @@ class PageVisit:
 
 
 @pytest.fixture
-def visit(browser, server):  # noqa: ANN001, ANN201
+def visit(browser, server):
     opened: list[PageVisit] = []
 
-    def open_page(page_path: str) -> PageVisit:
-        v = PageVisit(browser, server, page_path)
+    def open_page(page_path: str, width: int = 1280) -> PageVisit:
+        v = PageVisit(browser, server, page_path, width)
         opened.append(v)
         return v
 
@@ -205,19 +212,24 @@ def test_notebook_page_has_figures_solutions_and_colab(visit, page_path):
 
     repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
     branch = CONFIG["repository"].get("branch", "main")
-    expected = f"https://colab.research.google.com/github/{repo}/blob/{branch}/{page_path}.ipynb"
+    name = page_path.split("/")[-1]
+    expected = (f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/"
+                f"{name}.ipynb")
     links = page.locator("a[href*='colab.research.google.com']")
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
     assert expected in hrefs, f"Colab link should be {expected}, found {hrefs}"
 
 
-def test_notebook_pages_offer_ipynb_and_md_downloads(visit):
+def test_notebook_pages_offer_the_student_notebook_and_md_downloads(visit):
     v = visit("book/03_bn_algorithm")
-    for suffix in (".ipynb", ".md"):
-        link = v.page.locator(f"a[href$='_sources/book/03_bn_algorithm{suffix}']")
-        assert link.count() == 1, f"no {suffix} download link"
-        response = v.page.request.get(f"{v.base}/_sources/book/03_bn_algorithm{suffix}")
+    for href in ("_notebooks/03_bn_algorithm.ipynb", "_sources/book/03_bn_algorithm.md"):
+        link = v.page.locator(f"a[href$='{href}']")
+        assert link.count() == 1, f"no download link to {href}"
+        response = v.page.request.get(f"{v.base}/{href}")
         assert response.ok and "Batch Normalization" in response.text()
+    notebook = v.page.request.get(f"{v.base}/_notebooks/03_bn_algorithm.ipynb").json()
+    assert notebook["metadata"]["bnbook"]["kind"] == "student"
+    assert "{term}" not in v.page.request.get(f"{v.base}/_notebooks/03_bn_algorithm.ipynb").text()
 
 
 def test_glossary_entries_link_to_where_each_term_is_introduced(visit):
@@ -238,3 +250,79 @@ def test_search_finds_a_known_term(visit):
     results.first.wait_for(timeout=15_000)
     texts = [t.lower() for t in results.all_inner_texts()]
     assert any("covariate" in t for t in texts), f"no result mentions the term: {texts}"
+
+
+# --------------------------------------------------------------------------- layout and words
+
+CLIPPED_JS = """() => {
+  const article = document.querySelector('article.bd-article') || document.querySelector('main');
+  const column = article.getBoundingClientRect();
+  const limit = Math.min(document.documentElement.clientWidth, column.right) + 1;
+  const style = el => getComputedStyle(el).overflowX;
+  const scrolls = el => ['auto', 'scroll'].includes(style(el));
+  const clips = el => ['hidden', 'clip'].includes(style(el));
+  const name = el => el.tagName.toLowerCase() + (el.className && typeof el.className === 'string'
+      ? '.' + el.className.trim().split(/\\s+/).slice(0, 2).join('.') : '');
+  const text = el => (el.innerText || el.textContent || '').trim().slice(0, 60);
+  const bad = [];
+  for (const el of article.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    if (el.closest('.toggle-hidden, details:not([open])')) continue;  // a closed solution
+    if (el.closest('mjx-assistive-mml')) continue;  // MathML for screen readers, never drawn
+    if (getComputedStyle(el).visibility === 'hidden') continue;
+    let box = el.parentElement;
+    while (box && box !== article && !scrolls(box) && !clips(box)) box = box.parentElement;
+    if (box && box !== article && scrolls(box)) continue;  // reachable with a scroll bar
+    const right = (box && box !== article) ? box.getBoundingClientRect().right + 1 : limit;
+    const out = Math.round(r.right - right);
+    if (out > 0) bad.push(`${name(el)} runs ${out} px out: ${text(el)}`);
+  }
+  for (const m of article.querySelectorAll('div.math')) {
+    const n = m.querySelector('span.eqno'), f = m.querySelector('mjx-container');
+    if (!n || !f) continue;
+    const a = n.getBoundingClientRect(), b = f.getBoundingClientRect();
+    if (a.left < b.right - 1 && a.right > b.left + 1 && a.top < b.bottom && a.bottom > b.top)
+      bad.push(`equation number ${n.innerText.trim()} is drawn over its formula`);
+  }
+  const page = document.scrollingElement;
+  if (page.scrollWidth > page.clientWidth + 1) bad.push(`the page scrolls sideways`);
+  return bad;
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 400])
+@pytest.mark.parametrize("page_path", PAGES)
+def test_nothing_is_clipped(visit, page_path, width):
+    v = visit(page_path, width)
+    clipped = v.page.evaluate(CLIPPED_JS)
+    assert not clipped, f"{len(clipped)} clipped at {width} px: " + "; ".join(clipped[:8])
+
+
+def equation_labels() -> set[str]:
+    labels = set()
+    for path in (ROOT / "book").glob("*.ipynb"):
+        labels |= set(re.findall(r"\$\$ *\(([\w-]+)\)", path.read_text()))
+    return labels
+
+
+PRODUCTION_WORDS = re.compile(
+    r"seed material|seed post|source material|the seeds'|seeds' advice|the seeds say", re.I)
+FROZEN_BAR = re.compile(r"\d+%\|[^\n]*\|\s*\d+/\d+|it/s\]")
+
+
+@pytest.mark.parametrize("page_path", PAGES)
+def test_no_frozen_bars_internal_labels_or_production_words(visit, page_path):
+    text = visit(page_path).page.locator("main").inner_text()
+    assert not FROZEN_BAR.search(text), f"a progress bar: {FROZEN_BAR.search(text)[0]!r}"
+    leaked = sorted(label for label in equation_labels() if f"({label})" in text)
+    assert not leaked, f"internal equation labels shown to readers: {leaked}"
+    found = PRODUCTION_WORDS.search(text)
+    assert not found, f"production vocabulary on the page: {found[0]!r}"
+
+
+def test_glossary_terms_preview_their_definition(visit):
+    v = visit("book/03_bn_algorithm")
+    term = v.page.locator("main a[href*='glossary.html#term-batch-normalization']").first
+    title = term.get_attribute("title") or ""
+    assert title.startswith("Normalizing each feature"), f"no definition on hover: {title!r}"
