@@ -527,9 +527,34 @@ def dropout_forward(
     evaluation (``training=False``) ``x`` is returned unchanged: no rescaling is needed.
     Returns ``y`` of the shape and dtype of ``x``, a new array in training.
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
+    _check_drop_probability(p)
     if not training:
         return x
-    keep = rng.random(x.shape) >= p  # dropped when the uniform number is below p
-    return x * keep / (1.0 - p)
+    return x * dropout_mask(x.shape, p, rng) / (1.0 - p)
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, rng: np.random.Generator) -> np.ndarray:
+    """The keep-mask :func:`dropout_forward` draws: a bool array of ``shape``, each entry
+    ``False`` (dropped) with probability ``p``, from one uniform number per entry of ``rng``
+    (so the same generator state gives the same mask as the forward)."""
+    _check_drop_probability(p)
+    return rng.random(shape) >= p  # dropped when the uniform number is below p
+
+
+def dropout_backward(dy: np.ndarray, keep: np.ndarray, p: float) -> np.ndarray:
+    """The gradient of training-mode inverted dropout, ``y = x * keep / (1 - p)``.
+
+    ``dy`` is the upstream gradient and ``keep`` the forward's mask (:func:`dropout_mask`),
+    both of ``x``'s shape. Like ReLU's, the gradient goes through the units the forward kept,
+    scaled by the forward's ``1 / (1 - p)``, and is 0 at the dropped ones: ``dx = dy * keep /
+    (1 - p)``. The mask must be the forward's own, saved, never drawn again.
+    """
+    _check_drop_probability(p)
+    if keep.shape != dy.shape:
+        raise ValueError(f"keep has shape {keep.shape} but dy has shape {dy.shape}")
+    return dy * keep / (1.0 - p)
+
+
+def _check_drop_probability(p: float) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
