@@ -49,55 +49,6 @@ from bnlib.torch_bn import BatchNormFunction
 PASSES = {"forward": 3, "backward": 5, "both": 8}
 
 
-# --------------------------------------------------------------------------- optimized NumPy
-
-
-def batchnorm_forward_fast(
-    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5
-) -> tuple[np.ndarray, tuple]:
-    """Training-mode BN forward in NumPy, written for speed; same results as the reference.
-
-    ``x`` ``(N, C, *spatial)``, float32 or float64. The normalization and the affine map
-    are folded into one per-channel ``scale`` and ``shift`` (``y = x * scale + shift``),
-    computed in place into a single output buffer: two passes over ``x`` after the
-    statistics, no ``x_hat`` temporary. Returns ``(y, cache)`` for
-    :func:`batchnorm_backward_fast`.
-    """
-    axes = ref.reduce_axes(x)
-    mean = x.mean(axis=axes, dtype=np.float64)
-    centered = x - ref.per_channel(mean.astype(x.dtype), x.ndim)
-    flat = centered.reshape(x.shape[0], x.shape[1], -1)  # a view for contiguous input
-    var = np.einsum("ncl,ncl->c", flat, flat, dtype=np.float64) / (x.size // x.shape[1])
-    inv_std = 1.0 / np.sqrt(var + eps)
-    scale = (gamma * inv_std).astype(x.dtype)
-    np.multiply(centered, ref.per_channel(scale, x.ndim), out=centered)
-    centered += ref.per_channel(np.asarray(beta, dtype=x.dtype), x.ndim)
-    return centered, (x, mean, inv_std, gamma)
-
-
-def batchnorm_backward_fast(dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
-    """The closed-form backward of :func:`batchnorm_forward_fast`, without an ``x_hat`` copy.
-
-    Uses ``sum(dy * x_hat) = inv_std * (sum(dy * x) - mean * sum(dy))`` per channel, so the
-    two reductions read ``dy`` and ``x`` once, and one fused pass writes ``dx``.
-    Returns ``(dx, dgamma, dbeta)``.
-    """
-    x, mean, inv_std, gamma = cache
-    nd, m = x.ndim, x.size // x.shape[1]
-    axes = ref.reduce_axes(x)
-    dbeta = dy.sum(axis=axes, dtype=np.float64)
-    shape3 = (x.shape[0], x.shape[1], -1)
-    dy_x = np.einsum("ncl,ncl->c", dy.reshape(shape3), x.reshape(shape3), dtype=np.float64)
-    dgamma = inv_std * (dy_x - mean * dbeta)
-    a = gamma * inv_std  # dx = a * (dy - dbeta/m - x_hat * dgamma/m)
-    coef_x = (-a * inv_std * dgamma / m).astype(x.dtype)
-    const = (a * (inv_std * mean * dgamma - dbeta) / m).astype(x.dtype)
-    dx = dy * ref.per_channel(a.astype(x.dtype), nd)
-    dx += x * ref.per_channel(coef_x, nd)
-    dx += ref.per_channel(const, nd)
-    return dx, dgamma, dbeta
-
-
 # --------------------------------------------------------------------------- timing
 
 
@@ -134,11 +85,13 @@ def copy_bandwidth(numel: int, device: torch.device, dtype: torch.dtype, repeats
     """Measured copy bandwidth in GB/s for ``numel`` elements (bytes read plus written)."""
     src = torch.randn(numel, device=device).to(dtype)
     dst = torch.empty_like(src)
-    sec = time_median(lambda: dst.copy_(src), repeats, _sync(device))
+    sec = time_median(lambda: dst.copy_(src), repeats, synchronizer(device))
     return 2 * numel * src.element_size() / sec / 1e9
 
 
-def _sync(device: torch.device) -> Callable[[], None]:
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """A function that waits until ``device`` has finished its queued work (a no-op on CPU):
+    call it before reading a clock, or a GPU timing measures only the launch."""
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
@@ -226,7 +179,8 @@ def implementations(device: torch.device, compiled: bool) -> dict[str, dict[str,
     if device.type == "cpu":
         impls["NumPy reference (teaching)"] = _numpy_impl(ref.batchnorm_forward,
                                                           ref.batchnorm_backward)
-        impls["NumPy optimized"] = _numpy_impl(batchnorm_forward_fast, batchnorm_backward_fast)
+        impls["NumPy optimized"] = _numpy_impl(ref.batchnorm_forward_fast,
+                                               ref.batchnorm_backward_fast)
     return impls
 
 
@@ -260,7 +214,7 @@ def run(
                 for which in WHICH:
                     step = impl[which]
                     sec = time_median(lambda step=step, state=state: step(state), repeats,
-                                      _sync(device))
+                                      synchronizer(device))
                     gbs = PASSES[which] * numel * x.element_size() / sec / 1e9
                     if name == "torch native":
                         native_ms[which] = sec * 1e3

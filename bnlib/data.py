@@ -79,6 +79,7 @@ CLASSES = {
     ),
     "mnist": tuple(str(digit) for digit in range(10)),
 }
+DISPLAY_NAMES = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
 
 # Read-only copies installed by the system, used in place.
 SYSTEM_DIRS = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),)}
@@ -122,6 +123,7 @@ class Dataset:
         x_test: ``(10000, 28, 28)`` float32, or ``(10000, 784)``.
         y_test: ``(10000,)`` int64.
         classes: the ten class names; ``classes[y]`` names label ``y``.
+        name: the dataset's display name, ``"Fashion-MNIST"`` or ``"MNIST"``.
         source: where the files were read from and how they got there, e.g.
             ``"/usr/share/datasets/fashion-mnist (system copy)"``.
     """
@@ -131,6 +133,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     classes: tuple[str, ...]
+    name: str
     source: str
 
     def __repr__(self) -> str:
@@ -139,7 +142,8 @@ class Dataset:
             for field, array in vars(self).items()
             if isinstance(array, np.ndarray)
         )
-        return f"Dataset({arrays}, classes={len(self.classes)}, source={self.source!r})"
+        return (f"Dataset({self.name!r}, {arrays}, classes={len(self.classes)}, "
+                f"source={self.source!r})")
 
 
 # ------------------------------------------------------------------------------ public API
@@ -169,6 +173,7 @@ def load(
         x_test=_to_float(x_test, flatten),
         y_test=y_test.astype(np.int64),
         classes=CLASSES[name],
+        name=DISPLAY_NAMES[name],
         source=f"{directory} ({how})",
     )
 

@@ -4,7 +4,7 @@
 
 * ``None``: none;
 * ``"bn"``: :class:`bnlib.torch_bn.BatchNorm` (this book's implementation);
-* ``"torch_bn"``: ``torch.nn.BatchNorm1d/2d`` (PyTorch's own, for comparisons);
+* ``"torch.nn"``: ``torch.nn.BatchNorm1d/2d`` (PyTorch's own, for comparisons);
 * ``"gn"``: ``torch.nn.GroupNorm`` with ``min(GN_GROUPS, C)`` groups (fewer if that does not
   divide ``C``), statistics per example over a group of channels;
 * ``"ln"``: layer norm, ``torch.nn.GroupNorm`` with one group: each example normalized over
@@ -24,7 +24,7 @@ from torch import nn
 from bnlib.torch_bn import BatchNorm
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-NORMS = (None, "bn", "torch_bn", "gn", "ln")
+NORMS = (None, "bn", "torch.nn", "gn", "ln")
 GN_GROUPS = 4  # groups of "gn" (Wu & He use 32 groups of wide layers; our layers are narrow)
 PLACEMENTS = ("before", "after")
 
@@ -123,6 +123,19 @@ def insert_after(
         if isinstance(layer, kind):
             layers.append(make(layer))
     return nn.Sequential(*layers)
+
+
+def replace_layers(
+    model: nn.Sequential, kind: type[nn.Module] | tuple[type[nn.Module], ...],
+    make: Callable[[nn.Module], nn.Module],
+) -> nn.Sequential:
+    """A new ``nn.Sequential``: ``model``'s layers with each ``kind`` layer replaced by
+    ``make(layer)``; the other layers are shared, not copied (as in :func:`insert_after`).
+
+    E.g. ``replace_layers(cnn(channels, norm="bn"), BatchNorm, lambda bn: GhostBatchNorm(
+    bn.num_features, 32))``: the same network with ghost BN in place of BN.
+    """
+    return nn.Sequential(*[make(layer) if isinstance(layer, kind) else layer for layer in model])
 
 
 def init_normal_(model: nn.Module, std: float) -> nn.Module:

@@ -286,6 +286,24 @@ class ActivationRecorder:
         self._handles = []
 
 
+def median_drift_and_jitter(quantiles: np.ndarray, median: int = 1) -> tuple[np.ndarray, ...]:
+    """How far each unit's median moved over training, and how much it wandered on the way.
+
+    ``quantiles`` ``(recordings, len(q), units)`` is :meth:`ActivationRecorder.quantile_array`;
+    ``median`` indexes the 50th percentile in ``q`` (1 for the default ``q``). Returns two
+    ``(units,)`` arrays: the *drift* ``|m(T) - m(0)|`` from the first recording to the last
+    and the *jitter* ``mean_t |m(t+1) - m(t)|`` between consecutive recordings.
+    """
+    m = quantiles[:, median, :]
+    return np.abs(m[-1] - m[0]), np.abs(np.diff(m, axis=0)).mean(axis=0)
+
+
+def drift_to_the_end(quantiles: np.ndarray) -> np.ndarray:
+    """``max_t |x_q(t) - x_q(T)|`` averaged over the percentiles ``q``: how far each unit's
+    distribution ever was from where it ended. ``(recordings, len(q), units) -> (units,)``."""
+    return np.abs(quantiles - quantiles[-1]).max(axis=0).mean(axis=0)
+
+
 def _rng_state() -> tuple[torch.Tensor, torch.Tensor | None]:
     """The global CPU RNG state and, with a GPU, the current CUDA device's."""
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None

@@ -20,10 +20,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import bnlib.check
+from bnlib import models
 from bnlib import reference as R
 from bnlib.models import cnn, mlp
-from bnlib.torch_bn import BatchNorm, BatchRenorm, GhostBatchNorm, SyncBatchNorm
+from bnlib.torch_bn import BatchNorm
 from bnlib.train import fit
+from bnlib.variants import BatchRenorm, GhostBatchNorm, SyncBatchNorm
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
@@ -217,7 +219,7 @@ def test_syncbn_without_process_group_is_batchnorm():
 
 @pytest.mark.parametrize("sizes", [[3, 5], [1, 4, 2]])
 def test_syncbn_across_processes_equals_batchnorm_on_the_whole_batch(sizes):
-    from bnlib.torch_bn import sync_batchnorm_run
+    from bnlib.distributed import sync_batchnorm_run
 
     x, dy, results = sync_batchnorm_run(sizes, shape=(3, 5), seed=1)
     bn = BatchNorm(3, dtype=torch.float64)
@@ -308,3 +310,12 @@ def test_group_norm_checker_in_place_and_shape():
     with pytest.raises(AssertionError, match="shape"):
         bnlib.check.group_norm(lambda *a: _gn_right(*a).reshape(a[0].shape[0], -1))
     assert copy.copy(bnlib.check.__all__).count("group_norm") == 1
+
+
+def test_replace_layers_swaps_only_the_chosen_kind_and_shares_the_rest():
+    model = models.mlp([6, 5, 3], norm="bn")
+    ghost = models.replace_layers(model, BatchNorm, lambda bn: GhostBatchNorm(bn.num_features, 2))
+    kinds = [type(layer) for layer in ghost]
+    assert GhostBatchNorm in kinds and BatchNorm not in kinds
+    assert len(ghost) == len(model)
+    assert all(a is b for a, b in zip(model, ghost) if not isinstance(a, BatchNorm))

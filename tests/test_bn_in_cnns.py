@@ -21,7 +21,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from bnlib import check, models
 from bnlib import reference as ref
-from bnlib.torch_bn import BatchNorm, fold_bn_into_conv, fold_model
+from bnlib.inference import fold_bn_into_conv, fold_model
+from bnlib.torch_bn import BatchNorm
 
 # --------------------------------------------------------------------------- spatial BN
 
@@ -170,7 +171,7 @@ def _trained_cnn(norm: str, placement: str = "before") -> nn.Sequential:
     return model.eval()
 
 
-@pytest.mark.parametrize("norm", ["bn", "torch_bn"])
+@pytest.mark.parametrize("norm", ["bn", "torch.nn"])
 def test_fold_model_equals_the_model_in_eval_mode(norm):
     model = _trained_cnn(norm)
     state = copy.deepcopy(model.state_dict())

@@ -2,7 +2,7 @@
 
 * ``bnlib.train``: saturation, the side-effect-free probes (gradient norms, the activation
   recorder), Santurkar et al.'s gradient shift and the walk along the gradient;
-* ``bnlib.torch_bn.NoisyShift`` and ``bnlib.models.insert_after``;
+* ``bnlib.variants.NoisyShift`` and ``bnlib.models.insert_after``;
 * the checkers ``bnlib.check.saturation_fraction`` and ``bnlib.check.importance_weights``,
   against right answers and a catalogue of wrong ones written here the way readers would.
 """
@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from bnlib import check, models, train
-from bnlib.torch_bn import BatchNorm, NoisyShift, normalize_batch
+from bnlib import reference as ref
+from bnlib.torch_bn import BatchNorm, normalize_batch
+from bnlib.variants import NoisyShift
 
 # --------------------------------------------------------------------------- helpers
 
@@ -521,3 +523,28 @@ def test_weights_checker_names_the_mistake(fn: Callable, hint: str):
         check.importance_weights(fn)
     assert hint in str(info.value)
 
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def test_sigmoid_and_normal_densities_match_torch():
+    z = np.linspace(-30, 30, 101)
+    np.testing.assert_allclose(ref.sigmoid(z), torch.sigmoid(torch.tensor(z)).numpy(),
+                               rtol=1e-12, atol=1e-300)
+    normal = torch.distributions.Normal(torch.tensor(1.5, dtype=torch.float64),
+                                        torch.tensor(0.7, dtype=torch.float64))
+    x = np.linspace(-3, 6, 37)
+    log_p = normal.log_prob(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(ref.log_normal_pdf(x, 1.5, 0.7), log_p, rtol=1e-12)
+    np.testing.assert_allclose(ref.normal_pdf(x, 1.5, 0.7), np.exp(log_p), rtol=1e-12)
+    assert np.isfinite(ref.log_normal_pdf(np.array([1e3]), 0.0, 1.0)).all()  # no underflow
+
+
+def test_median_drift_and_jitter_by_hand():
+    # 3 recordings, percentiles (15, 50, 85), 2 units; medians 0 -> 2 -> 1 and 5 -> 5 -> 5
+    q = np.zeros((3, 3, 2))
+    q[:, 1, 0], q[:, 1, 1] = [0.0, 2.0, 1.0], [5.0, 5.0, 5.0]
+    drift, jitter = train.median_drift_and_jitter(q)
+    np.testing.assert_array_equal(drift, [1.0, 0.0])
+    np.testing.assert_array_equal(jitter, [1.5, 0.0])

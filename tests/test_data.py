@@ -127,6 +127,7 @@ def test_load_fashion_mnist_from_the_system_copy(monkeypatch: pytest.MonkeyPatch
     assert np.bincount(ds.y_test).tolist() == [1000] * 10
     assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot"
     assert len(ds.classes) == 10
+    assert ds.name == "Fashion-MNIST" and repr(ds).startswith("Dataset('Fashion-MNIST', ")
     assert ds.classes[ds.y_train[0]] == "Ankle boot"  # the dataset's well-known first image
 
     ds.x_train[0] = -1.0  # the caller's arrays are its own ...

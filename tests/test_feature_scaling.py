@@ -18,8 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bnlib import check
-from bnlib import reference as ref
+from bnlib import check, scaling
 
 # --------------------------------------------------------------------------- scalers: by hand
 
@@ -27,24 +26,24 @@ from bnlib import reference as ref
 def test_standardize_and_min_max_by_hand():
     x_train = np.array([[1.0, 10.0], [3.0, 30.0]])  # means (2, 20), stds (1, 10)
     x_test = np.array([[2.0, 50.0], [0.0, 20.0]])
-    z_train, z_test = ref.standardize(x_train, x_test)
+    z_train, z_test = scaling.standardize(x_train, x_test)
     np.testing.assert_array_equal(z_train, [[-1.0, -1.0], [1.0, 1.0]])
     np.testing.assert_array_equal(z_test, [[0.0, 3.0], [-2.0, 0.0]])
-    m_train, m_test = ref.min_max_scale(x_train, x_test)
+    m_train, m_test = scaling.min_max_scale(x_train, x_test)
     np.testing.assert_array_equal(m_train, [[0.0, 0.0], [1.0, 1.0]])
     np.testing.assert_array_equal(m_test, [[0.5, 2.0], [-0.5, 0.5]])
 
 
 def test_without_a_test_set_a_single_array_comes_back():
     x = np.array([[1.0, 4.0], [2.0, 6.0], [6.0, 8.0]])
-    assert isinstance(ref.standardize(x), np.ndarray)
-    assert isinstance(ref.min_max_scale(x), np.ndarray)
-    np.testing.assert_array_equal(ref.min_max_scale(x), [[0.0, 0.0], [0.2, 0.5], [1.0, 1.0]])
+    assert isinstance(scaling.standardize(x), np.ndarray)
+    assert isinstance(scaling.min_max_scale(x), np.ndarray)
+    np.testing.assert_array_equal(scaling.min_max_scale(x), [[0.0, 0.0], [0.2, 0.5], [1.0, 1.0]])
 
 
 def test_eps_goes_inside_the_square_root():
     x = np.array([[0.0], [2.0]])  # mean 1, biased variance 1
-    np.testing.assert_allclose(ref.standardize(x, eps=3.0), [[-0.5], [0.5]], rtol=1e-15)
+    np.testing.assert_allclose(scaling.standardize(x, eps=3.0), [[-0.5], [0.5]], rtol=1e-15)
 
 
 # --------------------------------------------------------------------------- scalers: oracles
@@ -75,7 +74,7 @@ def _pstats(column: np.ndarray) -> tuple[float, float]:
 @given(tables())
 def test_standardize_matches_the_statistics_module(pair):
     x_train, x_test = pair
-    z_train, z_test = ref.standardize(x_train, x_test)
+    z_train, z_test = scaling.standardize(x_train, x_test)
     for j in range(x_train.shape[1]):
         mean, std = _pstats(x_train[:, j])
         for got, x in ((z_train[:, j], x_train[:, j]), (z_test[:, j], x_test[:, j])):
@@ -86,7 +85,7 @@ def test_standardize_matches_the_statistics_module(pair):
 
 @given(tables())
 def test_standardized_training_set_has_mean_0_and_std_1(pair):
-    z = ref.standardize(pair[0])
+    z = scaling.standardize(pair[0])
     np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-9)
     np.testing.assert_allclose(z.std(axis=0), 1.0, rtol=1e-9)
 
@@ -94,7 +93,7 @@ def test_standardized_training_set_has_mean_0_and_std_1(pair):
 @given(tables())
 def test_min_max_maps_the_training_range_onto_0_1_in_order(pair):
     x_train, x_test = pair
-    m_train, m_test = ref.min_max_scale(x_train, x_test)
+    m_train, m_test = scaling.min_max_scale(x_train, x_test)
     np.testing.assert_array_equal(m_train.min(axis=0), 0.0)
     np.testing.assert_array_equal(m_train.max(axis=0), 1.0)
     for j in range(x_train.shape[1]):  # order is kept, test values included
@@ -108,8 +107,8 @@ def test_min_max_maps_the_training_range_onto_0_1_in_order(pair):
 def test_scalers_undo_an_affine_change_of_units(pair, a, b, flip):
     x_train, x_test = pair
     a = -a if flip else a
-    z_train, z_test = ref.standardize(x_train, x_test)
-    z2_train, z2_test = ref.standardize(a * x_train + b, a * x_test + b)
+    z_train, z_test = scaling.standardize(x_train, x_test)
+    z2_train, z2_test = scaling.standardize(a * x_train + b, a * x_test + b)
     sign = -1.0 if flip else 1.0
     def close(got, want):
         np.testing.assert_allclose(got, want, rtol=1e-6,
@@ -118,8 +117,8 @@ def test_scalers_undo_an_affine_change_of_units(pair, a, b, flip):
     close(z2_train, sign * z_train)
     close(z2_test, sign * z_test)
     if not flip:
-        m_train, m_test = ref.min_max_scale(x_train, x_test)
-        m2_train, m2_test = ref.min_max_scale(a * x_train + b, a * x_test + b)
+        m_train, m_test = scaling.min_max_scale(x_train, x_test)
+        m2_train, m2_test = scaling.min_max_scale(a * x_train + b, a * x_test + b)
         close(m2_train, m_train)
         close(m2_test, m_test)
 
@@ -130,24 +129,24 @@ def test_standardize_with_eps_equals_torch_batch_norm_in_training_mode(shape):
     expected = torch.nn.functional.batch_norm(
         torch.tensor(x), None, None, training=True, eps=1e-5
     ).numpy()
-    np.testing.assert_allclose(ref.standardize(x, eps=1e-5), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(scaling.standardize(x, eps=1e-5), expected, rtol=1e-10, atol=1e-12)
 
 
 def test_statistics_come_from_the_training_set_only():
     rng = np.random.default_rng(1)
     x_train = rng.normal(size=(10, 3))
-    z_a, _ = ref.standardize(x_train, rng.normal(5.0, 1.0, size=(4, 3)))
-    z_b, _ = ref.standardize(x_train, rng.normal(-5.0, 9.0, size=(7, 3)))
+    z_a, _ = scaling.standardize(x_train, rng.normal(5.0, 1.0, size=(4, 3)))
+    z_b, _ = scaling.standardize(x_train, rng.normal(-5.0, 9.0, size=(7, 3)))
     np.testing.assert_array_equal(z_a, z_b)
 
 
 def test_dtypes_float_kept_integers_become_float64():
     x32 = np.random.default_rng(2).normal(size=(6, 2)).astype(np.float32)
-    assert ref.standardize(x32).dtype == np.float32
-    assert ref.min_max_scale(x32, x32.astype(np.float64))[1].dtype == np.float64
+    assert scaling.standardize(x32).dtype == np.float32
+    assert scaling.min_max_scale(x32, x32.astype(np.float64))[1].dtype == np.float64
     ints = np.array([[1, 2], [3, 6], [5, 7]])
-    assert ref.standardize(ints).dtype == np.float64
-    np.testing.assert_allclose(ref.min_max_scale(ints), [[0, 0], [0.5, 0.8], [1, 1]])
+    assert scaling.standardize(ints).dtype == np.float64
+    np.testing.assert_allclose(scaling.min_max_scale(ints), [[0, 0], [0.5, 0.8], [1, 1]])
 
 
 def test_float32_input_keeps_float32_accuracy_with_a_large_offset():
@@ -156,21 +155,21 @@ def test_float32_input_keeps_float32_accuracy_with_a_large_offset():
     x32 = (1e4 + base).astype(np.float32)
     exact = x32.astype(np.float64)
     expected = (exact - exact.mean(axis=0)) / exact.std(axis=0)
-    np.testing.assert_allclose(ref.standardize(x32), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scaling.standardize(x32), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_inputs_are_not_changed():
     x_train, x_test = np.array([[1.0, 2.0], [3.0, 5.0]]), np.array([[0.0, 1.0]])
     copies = x_train.copy(), x_test.copy()
-    ref.standardize(x_train, x_test)
-    ref.min_max_scale(x_train, x_test)
+    scaling.standardize(x_train, x_test)
+    scaling.min_max_scale(x_train, x_test)
     np.testing.assert_array_equal(x_train, copies[0])
     np.testing.assert_array_equal(x_test, copies[1])
 
 
 # --------------------------------------------------------------------------- scalers: bad input
 
-SCALERS = {"standardize": ref.standardize, "min_max_scale": ref.min_max_scale}
+SCALERS = {"standardize": scaling.standardize, "min_max_scale": scaling.min_max_scale}
 GOOD = np.array([[1.0, 2.0], [3.0, 5.0], [4.0, 0.0]])
 
 
@@ -203,12 +202,12 @@ def test_non_numeric_input_is_a_type_error(scaler):
 
 def test_negative_eps_is_refused():
     with pytest.raises(ValueError, match="eps must be >= 0"):
-        ref.standardize(GOOD, eps=-1e-5)
+        scaling.standardize(GOOD, eps=-1e-5)
 
 
 def test_constant_feature_with_eps_becomes_exactly_zero():
     x_train = np.array([[1.0, 0.1], [2.0, 0.1], [4.0, 0.1]])  # 0.1 has no exact mean in fp
-    z_train, z_test = ref.standardize(x_train, np.array([[0.0, 0.3]]), eps=1e-4)
+    z_train, z_test = scaling.standardize(x_train, np.array([[0.0, 0.3]]), eps=1e-4)
     np.testing.assert_array_equal(z_train[:, 1], 0.0)
     np.testing.assert_allclose(z_test[0, 1], (0.3 - 0.1) / np.sqrt(1e-4), rtol=1e-12)
 
@@ -235,7 +234,7 @@ def test_least_squares_gd_follows_the_autograd_gradient(n, d, lr):
     rng = np.random.default_rng(n)
     x, y = rng.normal(size=(n, d)), rng.normal(size=n)
     w0 = rng.normal(size=d)
-    path = ref.least_squares_gd(x, y, lr=lr, steps=25, w0=w0)
+    path = scaling.least_squares_gd(x, y, lr=lr, steps=25, w0=w0)
     assert path.shape == (26, d)
     np.testing.assert_array_equal(path[0], w0)
     np.testing.assert_allclose(path, _torch_gd(x, y, lr, 25, w0), rtol=1e-10, atol=1e-12)
@@ -244,21 +243,21 @@ def test_least_squares_gd_follows_the_autograd_gradient(n, d, lr):
 def test_least_squares_gd_reaches_the_least_squares_solution():
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(30, 3)), rng.normal(size=30)
-    path = ref.least_squares_gd(x, y, lr=0.5, steps=400)
+    path = scaling.least_squares_gd(x, y, lr=0.5, steps=400)
     np.testing.assert_allclose(path[-1], np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-9)
 
 
 def test_least_squares_gd_starts_at_zero_and_checks_shapes():
-    assert np.all(ref.least_squares_gd(np.ones((3, 2)), np.ones(3), 0.1, 0)[0] == 0)
+    assert np.all(scaling.least_squares_gd(np.ones((3, 2)), np.ones(3), 0.1, 0)[0] == 0)
     with pytest.raises(ValueError, match="expected x of shape"):
-        ref.least_squares_gd(np.ones((3, 2)), np.ones(4), 0.1, 5)
+        scaling.least_squares_gd(np.ones((3, 2)), np.ones(4), 0.1, 5)
     with pytest.raises(ValueError, match="steps must be >= 0"):
-        ref.least_squares_gd(np.ones((3, 2)), np.ones(3), 0.1, -1)
+        scaling.least_squares_gd(np.ones((3, 2)), np.ones(3), 0.1, -1)
 
 
 def test_least_squares_gd_diverges_quietly_above_the_bound():
     x = np.array([[1.0], [-1.0]])  # H = 1, so the bound is lr < 2
-    path = ref.least_squares_gd(x, np.array([1.0, -1.0]), lr=3.0, steps=2000)
+    path = scaling.least_squares_gd(x, np.array([1.0, -1.0]), lr=3.0, steps=2000)
     assert not np.isfinite(path[-1]).all()
 
 
@@ -294,14 +293,14 @@ def test_closed_form_step_count_matches_iteration(problem, lr_fraction, tol):
     if 0.5 * w0 @ hessian @ w0 == 0:
         return
     counted = _count_steps(hessian, w0, w_star, lr, tol)
-    predicted = ref.gd_steps_to_converge(hessian, w0, w_star, lr, tol)
+    predicted = scaling.gd_steps_to_converge(hessian, w0, w_star, lr, tol)
     assert abs(predicted - counted) <= 1  # rounding may move the crossing by one step
 
 
 def test_steps_grow_like_the_condition_number():
     for kappa in (1e2, 1e4, 1e6):
         hessian = np.diag([kappa, 1.0])
-        steps = ref.gd_steps_to_converge(hessian, np.zeros(2), np.array([0.0, 1.0]),
+        steps = scaling.gd_steps_to_converge(hessian, np.zeros(2), np.array([0.0, 1.0]),
                                          lr=1 / kappa, tol=1e-6)
         approx = kappa / 2 * np.log(1e6)  # (1 - 1/kappa)^(2k) = 1e-6
         assert abs(steps / approx - 1) < 0.01
@@ -310,21 +309,21 @@ def test_steps_grow_like_the_condition_number():
 def test_unstable_learning_rate_never_converges_unless_that_mode_is_already_solved():
     hessian = np.diag([1.0, 100.0])
     lr = 2.01 / 100.0  # above 2 / lambda_max
-    assert ref.gd_steps_to_converge(hessian, np.array([1.0, 1.0]), np.zeros(2), lr) == np.inf
+    assert scaling.gd_steps_to_converge(hessian, np.array([1.0, 1.0]), np.zeros(2), lr) == np.inf
     # No error along the steep axis: nothing there to blow up (in exact arithmetic).
-    assert ref.gd_steps_to_converge(hessian, np.array([1.0, 0.0]), np.zeros(2), lr) == \
+    assert scaling.gd_steps_to_converge(hessian, np.array([1.0, 0.0]), np.zeros(2), lr) == \
         _count_steps(hessian, np.array([1.0, 0.0]), np.zeros(2), lr, 1e-6)
 
 
 def test_no_steps_needed_at_the_optimum_or_with_a_loose_tolerance():
     hessian = np.diag([1.0, 2.0])
-    assert ref.gd_steps_to_converge(hessian, np.ones(2), np.ones(2), lr=0.1) == 0
-    assert ref.gd_steps_to_converge(hessian, np.zeros(2), np.ones(2), lr=0.1, tol=1.0) == 0
+    assert scaling.gd_steps_to_converge(hessian, np.ones(2), np.ones(2), lr=0.1) == 0
+    assert scaling.gd_steps_to_converge(hessian, np.zeros(2), np.ones(2), lr=0.1, tol=1.0) == 0
 
 
 def test_one_step_suffices_when_lr_is_one_over_a_single_eigenvalue():
     hessian = 4.0 * np.eye(3)
-    assert ref.gd_steps_to_converge(hessian, np.ones(3), np.zeros(3), lr=0.25) == 1
+    assert scaling.gd_steps_to_converge(hessian, np.ones(3), np.zeros(3), lr=0.25) == 1
 
 
 # --------------------------------------------------------------------------- the checker

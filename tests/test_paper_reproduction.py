@@ -1,4 +1,4 @@
-"""The paper-reproduction chapter's checker: ``inference_transform`` (Algorithm 2 of Ioffe and
+"""The paper-reproduction chapter's checker: ``inference_bn`` (Algorithm 2 of Ioffe and
 Szegedy, 2015), tested against the right answer, PyTorch as an oracle, and a catalogue of
 wrong implementations written here independently of the checker's own."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnlib import check, models
+from bnlib import check, models, train
 
 
 def right(x, gamma, beta, batch_means, batch_vars, m, eps):
@@ -19,7 +19,7 @@ def right(x, gamma, beta, batch_means, batch_vars, m, eps):
 
 
 def test_right_answer_passes(capsys):
-    assert check.inference_transform(right) is True
+    assert check.inference_bn(right) is True
     assert "all" in capsys.readouterr().out
 
 
@@ -27,7 +27,7 @@ def test_stub_is_not_done_yet(capsys):
     def stub(x, gamma, beta, batch_means, batch_vars, m, eps):
         raise NotImplementedError
 
-    assert check.inference_transform(stub) is False
+    assert check.inference_bn(stub) is False
     assert "not done yet" in capsys.readouterr().out
 
 
@@ -146,8 +146,8 @@ MISTAKES = [
 
 @pytest.mark.parametrize(("fn", "hint"), MISTAKES, ids=[f.__name__ for f, _ in MISTAKES])
 def test_mistake_is_named(fn, hint):
-    with pytest.raises(AssertionError, match="inference_transform") as err:
-        check.inference_transform(fn)
+    with pytest.raises(AssertionError, match="inference_bn") as err:
+        check.inference_bn(fn)
     assert hint in str(err.value)
 
 
@@ -156,7 +156,7 @@ def test_wrong_shape_is_reported():
         return right(x, gamma, beta, batch_means, batch_vars, m, eps).T
 
     with pytest.raises(AssertionError, match="shape"):
-        check.inference_transform(transposed)
+        check.inference_bn(transposed)
 
 
 # --------------------------------------------------------------------------- init_normal_
@@ -176,9 +176,9 @@ def test_init_normal_sets_weight_scale_and_zero_biases(std):
 
 def test_init_normal_leaves_bn_parameters_and_is_seeded():
     torch.manual_seed(1)
-    a = models.init_normal_(models.mlp([20, 8, 3], "sigmoid", norm="torch_bn"), 0.5)
+    a = models.init_normal_(models.mlp([20, 8, 3], "sigmoid", norm="torch.nn"), 0.5)
     torch.manual_seed(1)
-    b = models.init_normal_(models.mlp([20, 8, 3], "sigmoid", norm="torch_bn"), 0.5)
+    b = models.init_normal_(models.mlp([20, 8, 3], "sigmoid", norm="torch.nn"), 0.5)
     bn = [m for m in a if isinstance(m, nn.BatchNorm1d)][0]
     assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
     for pa, pb in zip(a.parameters(), b.parameters()):
@@ -192,4 +192,10 @@ def test_unknown_mistake_quotes_the_formula():
         return 1.01 * right(x, gamma, beta, batch_means, batch_vars, m, eps)
 
     with pytest.raises(AssertionError, match="the right formula"):
-        check.inference_transform(off_by_a_bit)
+        check.inference_bn(off_by_a_bit)
+
+
+def test_drift_to_the_end_by_hand():
+    # 3 recordings, 2 percentiles, 1 unit: |x - x(T)| peaks at 3 (first q) and 1 (second q)
+    q = np.array([[[3.0], [1.0]], [[1.0], [2.0]], [[0.0], [2.0]]])
+    np.testing.assert_array_equal(train.drift_to_the_end(q), [2.0])

@@ -73,6 +73,61 @@ def test_dropout_rejects_bad_p(p):
         ref.dropout_forward(np.ones(3), p, True, np.random.default_rng(0))
 
 
+def test_dropout_mask_is_the_forwards_mask():
+    x = np.random.default_rng(1).normal(size=(30, 8))
+    keep = ref.dropout_mask(x.shape, 0.3, np.random.default_rng(5))
+    y = ref.dropout_forward(x, 0.3, True, np.random.default_rng(5))
+    np.testing.assert_array_equal(y, x * keep / 0.7)
+    assert keep.dtype == bool
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.6])
+def test_dropout_backward_matches_numeric_gradient_and_autograd(p):
+    rng = np.random.default_rng(11)
+    x, dy = rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
+    keep = ref.dropout_mask(x.shape, p, rng)
+    dx = ref.dropout_backward(dy, keep, p)
+    numeric = ref.numeric_gradient(lambda: x * keep / (1 - p), x, dy)
+    assert ref.relative_error(dx, numeric) < 1e-8
+    xt = torch.tensor(x, requires_grad=True)
+    (torch.tensor(dy) * (xt * torch.tensor(keep) / (1 - p))).sum().backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12)
+    assert np.all(dx[~keep] == 0)
+
+
+def test_dropout_backward_rejects_a_mask_of_another_shape_and_bad_p():
+    with pytest.raises(ValueError, match="keep has shape"):
+        ref.dropout_backward(np.ones((3, 2)), np.ones((2, 3), bool), 0.5)
+    with pytest.raises(ValueError, match="p must be in"):
+        ref.dropout_backward(np.ones(3), np.ones(3, bool), 1.0)
+
+
+def _backward_fresh_mask(dy, keep, p):  # a reader who draws a new mask in the backward
+    return dy * (np.random.default_rng().random(dy.shape) >= p) / (1 - p)
+
+
+def _backward_from_dy(dy, keep, p):  # a reader who forgot the mask
+    return dy / (1 - p)
+
+
+def test_backward_checker_accepts_the_reference_and_names_the_usual_mistakes(capsys):
+    assert check.dropout_backward(ref.dropout_backward) is True
+    with pytest.raises(AssertionError, match="you drew a new mask in the backward"):
+        check.dropout_backward(_backward_fresh_mask)
+    with pytest.raises(AssertionError, match="passes the gradient to every unit"):
+        check.dropout_backward(_backward_from_dy)
+    with pytest.raises(AssertionError, match="forgot the scale"):
+        check.dropout_backward(lambda dy, keep, p: dy * keep)
+
+
+def test_backward_checker_reports_an_untouched_stub(capsys):
+    def stub(dy, keep, p):
+        raise NotImplementedError
+
+    assert check.dropout_backward(stub) is False
+    assert "not done yet" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- the checker
 # Wrong implementations written independently of bnlib, each with the hint it must get.
 

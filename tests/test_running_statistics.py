@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from bnlib import check, models, train
+from bnlib import check, inference, models, train
 from bnlib import reference as ref
 from bnlib import torch_bn as tbn
 
@@ -88,7 +88,7 @@ def mixed_mlp() -> nn.Sequential:
 def capture_bn_inputs(model: nn.Module, batches: list[torch.Tensor]) -> list[list[np.ndarray]]:
     """The input each BN layer receives, per batch, in train mode (statistics independent)."""
     twin = copy.deepcopy(model).train()
-    layers = tbn.bn_layers(twin)
+    layers = inference.bn_layers(twin)
     seen: list[list[np.ndarray]] = [[] for _ in layers]
     hooks = [
         bn.register_forward_pre_hook(lambda m, args, i=i: seen[i].append(args[0].numpy().copy()))
@@ -129,8 +129,8 @@ def test_precise_bn_gives_the_mean_batch_mean_and_unbiased_mean_variance():
     for x in make_batches(5, (10, 6), seed=1):  # give the EMA buffers some history
         model(x)
     inputs = capture_bn_inputs(model, batches)
-    assert tbn.precise_bn(model, batches) == 12
-    for bn, seen in zip(tbn.bn_layers(model), inputs, strict=True):
+    assert inference.precise_bn(model, batches) == 12
+    for bn, seen in zip(inference.bn_layers(model), inputs, strict=True):
         mean, var = oracle_stats(seen)
         np.testing.assert_allclose(bn.running_mean.numpy(), mean, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(bn.running_var.numpy(), var, rtol=1e-10)
@@ -138,20 +138,20 @@ def test_precise_bn_gives_the_mean_batch_mean_and_unbiased_mean_variance():
     # Equal batch sizes: the running mean is the exact mean over every example seen, and the
     # running variance is m/(m-1) times the average batch variance (Algorithm 2).
     first = np.concatenate(inputs[0])
-    np.testing.assert_allclose(tbn.bn_layers(model)[0].running_mean.numpy(), first.mean(0),
+    np.testing.assert_allclose(inference.bn_layers(model)[0].running_mean.numpy(), first.mean(0),
                                rtol=1e-10, atol=1e-12)
     biased = np.mean([a.var(0) for a in inputs[0]], axis=0)
-    np.testing.assert_allclose(tbn.bn_layers(model)[0].running_var.numpy(), 10 / 9 * biased,
+    np.testing.assert_allclose(inference.bn_layers(model)[0].running_var.numpy(), 10 / 9 * biased,
                                rtol=1e-10)
 
 
 def test_precise_bn_on_a_cnn_uses_per_channel_statistics():
     torch.manual_seed(0)
-    model = models.cnn(channels=(3, 4), norm="torch_bn").double()
+    model = models.cnn(channels=(3, 4), norm="torch.nn").double()
     batches = make_batches(4, (6, 1, 28, 28))
     inputs = capture_bn_inputs(model, batches)
-    tbn.precise_bn(model, batches)
-    for bn, seen in zip(tbn.bn_layers(model), inputs, strict=True):
+    inference.precise_bn(model, batches)
+    for bn, seen in zip(inference.bn_layers(model), inputs, strict=True):
         mean, var = oracle_stats(seen)
         np.testing.assert_allclose(bn.running_mean.numpy(), mean, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(bn.running_var.numpy(), var, rtol=1e-9)
@@ -163,12 +163,12 @@ def test_precise_bn_leaves_weights_momentum_and_modes_as_they_were():
     model[4].train()  # a mixed state must survive too
     params = {k: v.clone() for k, v in model.named_parameters()}
     modes = [m.training for m in model.modules()]
-    tbn.precise_bn(model, make_batches(3, (10, 6)))
+    inference.precise_bn(model, make_batches(3, (10, 6)))
     for k, v in model.named_parameters():
         assert torch.equal(v, params[k]), k
         assert v.grad is None
     assert [m.training for m in model.modules()] == modes
-    assert [bn.momentum for bn in tbn.bn_layers(model)] == [0.3, 0.1]
+    assert [bn.momentum for bn in inference.bn_layers(model)] == [0.3, 0.1]
 
 
 def test_precise_bn_takes_the_first_num_batches_and_accepts_tuples():
@@ -176,11 +176,11 @@ def test_precise_bn_takes_the_first_num_batches_and_accepts_tuples():
     model = mixed_mlp()
     batches = make_batches(10, (8, 6))
     inputs = capture_bn_inputs(model, batches[:4])
-    used = tbn.precise_bn(model, ((x, torch.zeros(8)) for x in batches), num_batches=4)
+    used = inference.precise_bn(model, ((x, torch.zeros(8)) for x in batches), num_batches=4)
     assert used == 4
     mean, var = oracle_stats(inputs[1])
-    np.testing.assert_allclose(tbn.bn_layers(model)[1].running_mean.numpy(), mean, rtol=1e-10)
-    np.testing.assert_allclose(tbn.bn_layers(model)[1].running_var.numpy(), var, rtol=1e-10)
+    np.testing.assert_allclose(inference.bn_layers(model)[1].running_mean.numpy(), mean, rtol=1e-10)
+    np.testing.assert_allclose(inference.bn_layers(model)[1].running_var.numpy(), var, rtol=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -194,24 +194,24 @@ def test_precise_bn_failure_leaves_the_running_statistics_untouched(batches, mat
     model(make_batches(1, (10, 6))[0])
     before = state(model)
     with pytest.raises((ValueError, RuntimeError), match=match):
-        tbn.precise_bn(model, batches)
+        inference.precise_bn(model, batches)
     after = state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert [bn.momentum for bn in tbn.bn_layers(model)] == [0.3, 0.1]
+    assert [bn.momentum for bn in inference.bn_layers(model)] == [0.3, 0.1]
     assert model.training
 
 
 def test_precise_bn_rejects_a_model_without_bn_and_a_bad_count():
     with pytest.raises(ValueError, match="no BN layer"):
-        tbn.precise_bn(nn.Sequential(nn.Linear(2, 2)), [torch.zeros(3, 2)])
+        inference.precise_bn(nn.Sequential(nn.Linear(2, 2)), [torch.zeros(3, 2)])
     with pytest.raises(ValueError, match="num_batches"):
-        tbn.precise_bn(mixed_mlp(), make_batches(2, (4, 6)), num_batches=0)
+        inference.precise_bn(mixed_mlp(), make_batches(2, (4, 6)), num_batches=0)
 
 
 def test_bn_layers_finds_both_kinds_and_skips_untracked():
     model = nn.Sequential(tbn.BatchNorm(3), nn.BatchNorm2d(3), nn.BatchNorm1d(3,
                           track_running_stats=False), nn.LayerNorm(3))
-    assert tbn.bn_layers(model) == [model[0], model[1]]
+    assert inference.bn_layers(model) == [model[0], model[1]]
 
 
 # --------------------------------------------------------------------------- frozen_bn_stats
@@ -226,7 +226,7 @@ def test_frozen_bn_stats_normalizes_with_running_stats_even_in_train_mode():
     before = state(model)
     x = make_batches(1, (10, 6), seed=2)[0]
     expected = copy.deepcopy(model).eval()(x)
-    with tbn.frozen_bn_stats(model) as m:
+    with inference.frozen_bn_stats(model) as m:
         assert m is model
         model.train()  # what a training loop does
         out = model(x)
@@ -234,18 +234,19 @@ def test_frozen_bn_stats_normalizes_with_running_stats_even_in_train_mode():
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     after = state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(bn.weight.grad is not None for bn in tbn.bn_layers(model))
+    assert all(bn.weight.grad is not None for bn in inference.bn_layers(model))
 
 
 def test_frozen_bn_stats_restores_modes_and_removes_its_hooks():
     model = mixed_mlp().train()
-    with tbn.frozen_bn_stats(model):
+    with inference.frozen_bn_stats(model):
         model(make_batches(1, (10, 6))[0])
-    assert all(bn.training for bn in tbn.bn_layers(model))
-    assert all(not bn._forward_pre_hooks for bn in tbn.bn_layers(model))
-    tracked = [int(bn.num_batches_tracked) for bn in tbn.bn_layers(model)]
+    assert all(bn.training for bn in inference.bn_layers(model))
+    assert all(not bn._forward_pre_hooks for bn in inference.bn_layers(model))
+    tracked = [int(bn.num_batches_tracked) for bn in inference.bn_layers(model)]
     model(make_batches(1, (10, 6))[0])
-    assert [int(bn.num_batches_tracked) for bn in tbn.bn_layers(model)] == [t + 1 for t in tracked]
+    after = [int(bn.num_batches_tracked) for bn in inference.bn_layers(model)]
+    assert after == [t + 1 for t in tracked]
 
 
 def test_frozen_bn_stats_works_with_fit():
@@ -254,7 +255,7 @@ def test_frozen_bn_stats_works_with_fit():
     x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
     y = np.arange(40) % 3
     before = {k: v.clone() for k, v in model.named_buffers()}
-    with tbn.frozen_bn_stats(model):
+    with inference.frozen_bn_stats(model):
         train.fit(model, x, y, steps=5, batch_size=10, progress=False, device=torch.device("cpu"))
     assert all(torch.equal(v, before[k]) for k, v in model.named_buffers())
 
@@ -264,7 +265,7 @@ def test_frozen_bn_stats_works_with_fit():
 
 def test_evaluate_in_train_mode_uses_each_batch_statistics_and_changes_nothing():
     torch.manual_seed(0)
-    model = models.mlp([6, 8, 3], norm="torch_bn").eval()
+    model = models.mlp([6, 8, 3], norm="torch.nn").eval()
     x = torch.randn(12, 6)
     y = torch.arange(12) % 3
     before = state(model)
@@ -283,7 +284,7 @@ def test_evaluate_in_train_mode_uses_each_batch_statistics_and_changes_nothing()
 
 
 def test_evaluate_in_train_mode_with_one_example_raises_like_pytorch():
-    model = models.mlp([6, 8, 3], norm="torch_bn")
+    model = models.mlp([6, 8, 3], norm="torch.nn")
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         train.evaluate_in_train_mode(model, torch.randn(3, 6), torch.zeros(3), batch_size=1)
 

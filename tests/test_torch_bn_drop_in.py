@@ -118,7 +118,7 @@ def test_create_graph_gives_the_plain_first_derivatives():
 def test_gradient_penalty_gradients_match_torch():
     """WGAN-GP: the penalty on ||d out / d x|| trained through a BN network."""
     grads = []
-    for norm in ("torch_bn", "bn"):
+    for norm in ("torch.nn", "bn"):
         torch.manual_seed(0)
         net = models.mlp([6, 8, 8, 1], norm=norm).double()
         x = torch.randn(16, 6, dtype=F64, requires_grad=True)
@@ -307,7 +307,7 @@ def test_swa_update_bn_recalibrates_it_like_torchs():
     """torch.optim.swa_utils.update_bn calls reset_running_stats() on every _BatchNorm."""
     batches = [torch.randn(8, 4) * 2 + 1 for _ in range(3)]
     nets = []
-    for norm in ("torch_bn", "bn"):
+    for norm in ("torch.nn", "bn"):
         torch.manual_seed(0)
         net = models.mlp([4, 6, 2], norm=norm)
         net(torch.randn(8, 4) * 5)  # running statistics to be replaced

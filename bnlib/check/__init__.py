@@ -38,14 +38,15 @@ from bnlib.check.ch02_covariate_shift import importance_weights, saturation_frac
 from bnlib.check.ch03_bn_algorithm import batchnorm_backward, batchnorm_forward
 from bnlib.check.ch04_running_statistics import running_stats_update
 from bnlib.check.ch05_bn_in_cnns import fold_bn_into_conv, spatial_batchnorm_forward
-from bnlib.check.ch06_regularization import dropout_forward
+from bnlib.check.ch06_regularization import dropout_backward, dropout_forward
 from bnlib.check.ch07_batch_size import group_norm
-from bnlib.check.ch08_paper_reproduction import inference_transform
+from bnlib.check.ch08_paper_reproduction import inference_bn
 from bnlib.check.ch09_making_bn_fast import bn_bytes
 
 __all__ = [
     "standardize", "saturation_fraction", "importance_weights", "batchnorm_forward",
     "batchnorm_backward", "running_stats_update", "spatial_batchnorm_forward",
-    "fold_bn_into_conv", "dropout_forward", "group_norm", "inference_transform", "bn_bytes",
+    "fold_bn_into_conv", "dropout_forward", "dropout_backward", "group_norm", "inference_bn",
+    "bn_bytes",
     "catalogues", "grading", "results",
 ]

@@ -148,22 +148,26 @@ def _verdict(name: str, run: Callable[[], str]) -> bool:
 
 def _check(ex: _Exercise, fn: Callable[..., Any], cases: Sequence[_Case]) -> bool:
     """Run ``fn`` on every case and compare with ``ex.solution``; the body of every checker."""
+    return _verdict(ex.name, lambda: _compare(ex, fn, cases))
 
-    def run() -> str:
-        got = []
-        for case in cases:
-            try:
-                got.append(_unpack(_call(fn, case), ex.outputs))
-            except _Failed as failure:
-                raise _Failed(str(failure), failure.case or case.name) from None
-        want = [_unpack(ex.solution(*case.args.values()), ex.outputs) for case in cases]
-        bad = [c for c, g, w in zip(cases, got, want, strict=True)
-               if not all(_close(a, b, c) for a, b in zip(g, w, strict=True))]
-        if bad:
-            raise _Failed(_diagnose(ex, cases, got, want, bad), bad[0].name)
-        return f"all {len(cases)} cases pass"
 
-    return _verdict(ex.name, run)
+def _outputs(ex: _Exercise, fn: Callable[..., Any], case: _Case) -> Outputs:
+    """The reader's outputs on one case; a failure is tagged with the case's name."""
+    try:
+        return _unpack(_call(fn, case), ex.outputs)
+    except _Failed as failure:
+        raise _Failed(str(failure), failure.case or case.name) from None
+
+
+def _compare(ex: _Exercise, fn: Callable[..., Any], cases: Sequence[_Case]) -> str:
+    """What :func:`_check` runs: "all n cases pass", or :class:`_Failed` naming the mistake."""
+    got = [_outputs(ex, fn, case) for case in cases]
+    want = [_unpack(ex.solution(*case.args.values()), ex.outputs) for case in cases]
+    bad = [c for c, g, w in zip(cases, got, want, strict=True)
+           if not all(_close(a, b, c) for a, b in zip(g, w, strict=True))]
+    if bad:
+        raise _Failed(_diagnose(ex, cases, got, want, bad), bad[0].name)
+    return f"all {len(cases)} cases pass"
 
 
 def _call(fn: Callable[..., Any], case: _Case) -> Any:

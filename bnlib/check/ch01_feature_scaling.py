@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bnlib import reference as ref
+from bnlib import scaling
 from bnlib.check._core import (
     Outputs,
     _Case,
@@ -74,7 +74,7 @@ _FIX_Z = (
 _STANDARDIZE = _Exercise(
     name="standardize",
     outputs=("Z_train", "Z_test"),
-    solution=lambda x_train, x_test: ref.standardize(x_train, x_test),
+    solution=lambda x_train, x_test: scaling.standardize(x_train, x_test),
     formula="Z = (X - mean) / std for X_train and X_test alike, with mean = "
     "X_train.mean(axis=0) and std = X_train.std(axis=0) (biased, ddof=0), from the training "
     "set only.",

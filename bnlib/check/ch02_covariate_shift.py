@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from bnlib import reference as ref
 from bnlib.check._core import (
     _Case,
     _check,
@@ -98,7 +99,7 @@ _SATURATION = _Exercise(
             "you applied the sigmoid to `a`, but `a` already holds sigmoid *outputs* (the "
             "pre-activations went through the sigmoid before): compare `a` itself, "
             + _FIX_SAT + ".",
-            _saturation_variant(before=lambda a: 1.0 / (1.0 + np.exp(-a))),
+            _saturation_variant(before=ref.sigmoid),
         ),
         _Mistake(
             "you averaged each unit over the batch first and then thresholded the means (the "
@@ -127,7 +128,7 @@ def _saturation_cases() -> list[_Case]:
     rng = np.random.default_rng(5)
 
     def sigmoid_outputs(n: int, d: int, scale: float, shift: float = 0.0) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(shift + scale * rng.standard_normal((n, d)))))
+        return ref.sigmoid(shift + scale * rng.standard_normal((n, d)))
 
     at_thresholds = sigmoid_outputs(12, 5, 3.0)
     at_thresholds[[0, 3, 7], [1, 2, 4]] = [0.05, 0.95, 0.95]
@@ -160,17 +161,9 @@ def saturation_fraction(fn: Callable[..., Any]) -> bool:
 # --------------------------------------------------------------------------- importance weights
 
 
-def _log_normal_pdf(x: np.ndarray, mean: float, std: float) -> np.ndarray:
-    return -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
-
-
-def _normal_pdf(x: np.ndarray, mean: float, std: float) -> np.ndarray:
-    return np.exp(-0.5 * ((x - mean) / std) ** 2) / (std * np.sqrt(2 * np.pi))
-
-
 def _log_ratio(x: np.ndarray, mt: float, st: float, me: float, se: float) -> np.ndarray:
     """log p_test(x) - log p_train(x) for train N(mt, st^2) and test N(me, se^2)."""
-    return _log_normal_pdf(x, me, se) - _log_normal_pdf(x, mt, st)
+    return ref.log_normal_pdf(x, me, se) - ref.log_normal_pdf(x, mt, st)
 
 
 def _weights_solution(
@@ -230,7 +223,7 @@ _WEIGHTS = _Exercise(
             "you divided the two densities directly: far in the tails both underflow to 0.0 in "
             "float64 (exp(-800) is 0), giving 0/0 = nan or x/0 = inf, where the ratio itself "
             "is an ordinary number. Subtract log densities instead: " + _FIX_W,
-            lambda x, mt, st, me, se: _normal_pdf(x, me, se) / _normal_pdf(x, mt, st),
+            lambda x, mt, st, me, se: ref.normal_pdf(x, me, se) / ref.normal_pdf(x, mt, st),
         ),
         _Mistake(
             "your weights are normalized to sum to 1; the exercise asks for the density ratio "
@@ -246,7 +239,7 @@ _WEIGHTS = _Exercise(
         _Mistake(
             "you subtracted the densities (p_test - p_train); the weight is their ratio. "
             + _FIX_W,
-            lambda x, mt, st, me, se: _normal_pdf(x, me, se) - _normal_pdf(x, mt, st),
+            lambda x, mt, st, me, se: ref.normal_pdf(x, me, se) - ref.normal_pdf(x, mt, st),
         ),
     ),
 )

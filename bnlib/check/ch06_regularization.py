@@ -1,6 +1,6 @@
 """Chapter 6, BN as a regularizer: its exercise checkers and their catalogues of mistakes.
 
-Public checkers: :func:`dropout_forward`.
+Public checkers: :func:`dropout_forward`, :func:`dropout_backward`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ import numpy as np
 from bnlib.check._core import (
     _call,
     _Case,
+    _compare,
+    _Exercise,
     _Failed,
+    _Mistake,
+    _outputs,
     _unpack,
     _verdict,
 )
@@ -168,3 +172,107 @@ def dropout_forward(fn: Callable[..., Any]) -> bool:
     return _verdict("dropout_forward", run)
 
 
+# --------------------------------------------------------------------------- dropout backward
+
+
+def _dropout_backward_variant(
+    factor: str = "divide", mask: str = "keep"
+) -> Callable[..., np.ndarray]:
+    """``dx`` from ``(dy, keep, p)`` with the scale or the mask changed: the right one and
+    mistakes."""
+
+    def solution(dy: np.ndarray, keep: np.ndarray, p: float) -> np.ndarray:
+        masks = {"keep": lambda: keep, "inverted": lambda: ~keep,
+                 "none": lambda: np.ones_like(keep),
+                 "fresh": lambda: np.random.default_rng(0).random(dy.shape) >= p}
+        scale = {"divide": 1.0 / (1.0 - p), "multiply": 1.0 - p, "none": 1.0}[factor]
+        return dy * masks[mask]() * scale
+
+    return solution
+
+
+_FRESH_MASK = (
+    "the zeros of dx are not where the forward dropped units: you drew a new mask in the "
+    "backward. A dropped unit did not affect the output, so its gradient is 0 and a kept "
+    "one's is not; the backward must reuse the forward's mask `keep` (the forward saves it "
+    "for the backward), never draw another."
+)
+
+_DROPOUT_BACKWARD = _Exercise(
+    name="dropout_backward",
+    outputs=("dx",),
+    solution=_dropout_backward_variant(),
+    formula="dx = dy * keep / (1 - p): the forward's own mask and the forward's scale",
+    mistakes=(
+        _Mistake(
+            "you forgot the scale: the forward divided the kept units by (1 - p), so their "
+            "gradient is divided by (1 - p) too (y = x * keep / (1 - p) gives "
+            "dy/dx = keep / (1 - p)).",
+            _dropout_backward_variant(factor="none"),
+        ),
+        _Mistake(
+            "you multiplied by (1 - p): inverted dropout DIVIDES the kept units by (1 - p) in "
+            "the forward, and the backward applies the same factor.",
+            _dropout_backward_variant(factor="multiply"),
+        ),
+        _Mistake(
+            "your dx passes the gradient to every unit: a dropped unit had no effect on the "
+            "output, so its gradient is 0. Multiply by the mask `keep`.",
+            _dropout_backward_variant(mask="none"),
+        ),
+        _Mistake(
+            "your mask is inverted: the gradient flows to the units the forward KEPT (where "
+            "`keep` is True) and is 0 where it dropped them.",
+            _dropout_backward_variant(mask="inverted"),
+        ),
+        _Mistake(_FRESH_MASK, _dropout_backward_variant(mask="fresh")),
+    ),
+)
+
+
+def _dropout_backward_cases() -> list[_Case]:
+    """Upstream gradients without zeros (so a zero in dx is a dropped unit) and masks drawn
+    at several p, one 3-D; p=0 keeps everything."""
+    rng = np.random.default_rng(7)
+    cases = []
+    for name, shape, p in (("p=0.5, dy of shape (40, 12)", (40, 12), 0.5),
+                           ("p=0.2, dy of shape (30, 7)", (30, 7), 0.2),
+                           ("p=0.8, a 3-D dy (6, 5, 4)", (6, 5, 4), 0.8),
+                           ("p=0, nothing dropped", (10, 3), 0.0)):
+        dy = rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+        cases.append(_Case(name, {"dy": dy, "keep": rng.random(shape) >= p, "p": p}))
+    return cases
+
+
+def _mask_problem(dx: np.ndarray, keep: np.ndarray) -> bool:
+    """True when dx's zeros follow another mask: some kept units get 0 and some dropped
+    ones do not, but not all of them (that is the inverted mask, named by the catalogue)."""
+    if dx.shape != keep.shape:
+        return False
+    zero = dx == 0
+    return bool(zero[keep].any() and not zero[~keep].all() and not zero[keep].all())
+
+
+def dropout_backward(fn: Callable[..., Any]) -> bool:
+    """Check the reader's backward pass of inverted dropout.
+
+    ``fn(dy, keep, p)`` takes the upstream gradient ``dy`` (any shape), the forward's bool
+    mask ``keep`` of the same shape (``True`` where the unit was kept) and the drop
+    probability ``p``; it returns ``dx = dy * keep / (1 - p)``, of ``dy``'s shape.
+
+    A reader who draws a new mask inside ``fn`` gets a random ``dx``; that shows as zeros in
+    the wrong places and is named before the comparison with the right ``dx``. Returns
+    ``True`` (and prints one line) when every case passes, ``False`` while ``fn`` is the
+    untouched ``NotImplementedError`` stub; raises ``AssertionError`` naming the likely
+    mistake otherwise.
+    """
+    cases = _dropout_backward_cases()
+
+    def run() -> str:
+        for case in cases:
+            (dx,) = _outputs(_DROPOUT_BACKWARD, fn, case)
+            if _mask_problem(dx, case.args["keep"]):
+                raise _Failed(_FRESH_MASK, case.name)
+        return _compare(_DROPOUT_BACKWARD, fn, cases)
+
+    return _verdict(_DROPOUT_BACKWARD.name, run)

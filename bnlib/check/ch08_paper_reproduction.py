@@ -1,6 +1,6 @@
 """Chapter 8, reproducing the paper: its exercise checkers and their catalogues of mistakes.
 
-Public checkers: :func:`inference_transform`.
+Public checkers: :func:`inference_bn`.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ _FIX_INFERENCE = (
 )
 
 _INFERENCE = _Exercise(
-    name="inference_transform",
+    name="inference_bn",
     outputs=("y",),
     solution=_inference_variant(),
     formula=_FIX_INFERENCE,
@@ -167,7 +167,7 @@ def _inference_cases() -> list[_Case]:
     ]
 
 
-def inference_transform(fn: Callable[..., Any]) -> bool:
+def inference_bn(fn: Callable[..., Any]) -> bool:
     """Check the reader's inference-time BN of Algorithm 2 (Ioffe and Szegedy, 2015).
 
     ``fn(x, gamma, beta, batch_means, batch_vars, m, eps)`` takes test inputs ``x`` of shape
