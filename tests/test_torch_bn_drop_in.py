@@ -17,17 +17,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnlib import models
-from bnlib.torch_bn import (
-    BatchNorm,
-    BatchNormFunction,
-    BatchRenorm,
-    GhostBatchNorm,
-    bn_layers,
-    normalize_batch,
-    precise_bn,
-    to_bnlib,
-    to_torch,
-)
+from bnlib.inference import bn_layers, precise_bn
+from bnlib.torch_bn import BatchNorm, BatchNormFunction, normalize_batch, to_bnlib, to_torch
+from bnlib.variants import BatchRenorm, GhostBatchNorm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 F64 = torch.float64
