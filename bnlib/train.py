@@ -69,6 +69,9 @@ def evaluate_in_train_mode(
     return correct / len(x)
 
 
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
+
+
 def fit(
     model: nn.Module,
     x_train: np.ndarray | torch.Tensor,
@@ -88,8 +91,9 @@ def fit(
     progress: bool = True,
     desc: str = "training",
     shuffle: bool = True,
+    optimizer: str = "sgd",
 ) -> History:
-    """Train ``model`` with SGD and cross-entropy for ``steps`` mini-batches.
+    """Train ``model`` with SGD (or AdaGrad, or Adam) and cross-entropy for ``steps`` mini-batches.
 
     Batches are drawn without replacement from a seeded permutation of ``x_train``
     ``(N, ...)``/``y_train`` ``(N,)``, reshuffled each epoch (``shuffle=False``: taken in
@@ -98,16 +102,25 @@ def fit(
     are given. ``on_step(step, model, history)`` runs after each update (for recording
     activations and the like). The batch order is seeded with ``shift_seed(seed)``
     (:func:`bnlib.runtime.generator`); the initial weights are whatever ``model`` holds.
+
+    ``optimizer`` is ``"sgd"`` (``torch.optim.SGD``, with ``momentum``), ``"adagrad"`` or
+    ``"adam"`` (``torch.optim.Adagrad`` and ``torch.optim.Adam`` with their default
+    settings besides ``lr`` and ``weight_decay``; ``momentum`` must then be 0).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
+    if optimizer != "sgd" and momentum:
+        raise ValueError(f"momentum is an argument of SGD only; {optimizer} has its own")
     dev = device or default_device()
     model.to(dev).train()
     xt, yt = as_tensor(x_train, dev), as_tensor(y_train, dev)
     has_test = x_test is not None and y_test is not None
     if has_test:
         xv, yv = as_tensor(x_test, dev), as_tensor(y_test, dev)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    extra = {"momentum": momentum} if optimizer == "sgd" else {}
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay, **extra)
     loss_fn = nn.CrossEntropyLoss()
     gen = generator(seed)
     n = len(xt)

@@ -94,6 +94,32 @@ def test_fit_without_shuffle_takes_batches_in_order():
     assert seen == [[0, 2, 4], [6, 8, 10], [0, 2, 4], [6, 8, 10]]
 
 
+@pytest.mark.parametrize(("name", "cls"), [("adam", torch.optim.Adam),
+                                           ("adagrad", torch.optim.Adagrad)])
+def test_fit_takes_the_optimizer_it_is_told(name, cls):
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    ours, theirs = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    theirs.load_state_dict(ours.state_dict())
+    fit(ours, x, y, steps=3, batch_size=8, lr=0.05, optimizer=name, shuffle=False,
+        progress=False, device=torch.device("cpu"))
+    opt = cls(theirs.parameters(), lr=0.05)
+    for _ in range(3):  # the whole set is one batch, so every step sees the same data
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(theirs(x), y).backward()
+        opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_fit_refuses_an_unknown_optimizer_and_momentum_outside_sgd():
+    model, x, y = torch.nn.Linear(2, 2), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        fit(model, x, y, steps=1, optimizer="rmsprop", progress=False)
+    with pytest.raises(ValueError, match="momentum is an argument of SGD only"):
+        fit(model, x, y, steps=1, optimizer="adam", momentum=0.9, progress=False)
+
+
 # --------------------------------------------------------------------------- ghost BN, renorm
 
 
