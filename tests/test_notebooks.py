@@ -203,6 +203,8 @@ def test_every_exercise_has_a_difficulty(nb_path):
     for _options, first_line in exercises:
         assert re.fullmatch(r"\*\*Difficulty:\*\* (★☆☆ \(warm-up\)|★★☆ \(core\)|★★★ "
                             r"\(challenge\))", first_line.strip()), (nb_path.name, first_line)
+    for body in re.findall(r"```\{exercise\}(.*?)```", text, re.S):
+        assert body.count("**Difficulty:**") == 1, (nb_path.name, body[:60])
 
 
 PRODUCTION_WORDS = re.compile(

@@ -127,6 +127,22 @@ def test_literalinclude_shows_the_library_source_of_the_object():
         sn.python_object(path, "BatchNormFunction.nope", "book/03_bn_algorithm")
 
 
+LITERALINCLUDE = re.compile(r"```\{literalinclude\} (\S+)\n:pyobject: (\S+)\n")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
+def test_every_chapter_shows_library_code_it_teaches(chapter):
+    """Each chapter includes at least one bnlib object's source (so page and library cannot
+    drift), and every included object exists."""
+    nb = json.loads(chapter.read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    shown = LITERALINCLUDE.findall(text)
+    assert shown, f"{chapter.name}: no {{literalinclude}} of library code"
+    for path, dotted in shown:
+        assert path.startswith("../bnlib/"), (chapter.name, path)
+        assert sn.python_object(ROOT / "book" / path, dotted, chapter.stem)
+
+
 def test_exercises_become_blocks_and_solutions_leave_the_student_notebook():
     source = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell("# The BN algorithm"),
