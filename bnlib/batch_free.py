@@ -232,8 +232,9 @@ class ScaledWSConv2d(nn.Conv2d):
     and, unless ``fan_in * var_i < eps``, ``sum(W_hat_i**2) = gamma**2 * gain_i**2``
     exactly (the raw weights' scale and initialization do not matter): for inputs of
     variance ``v``, independent across the fan-in, the pre-activation has variance
-    ``gamma**2 gain**2 v`` whatever the inputs' common mean. ``gamma=relu_gain()`` for a conv whose output goes through a ReLU
-    keeps the variance of the ReLU's output constant from layer to layer at initialization.
+    ``gamma**2 gain**2 v`` whatever the inputs' common mean. ``gamma=relu_gain()``, for a
+    conv whose output goes through a ReLU, keeps the variance of the ReLU's output constant
+    from layer to layer at initialization.
 
     Args: those of ``nn.Conv2d``, plus (keyword only)
         gamma: fixed gain of the nonlinearity that follows (not learned; default 1). For a
