@@ -1,8 +1,9 @@
 """Rules every chapter notebook follows (README, Contributing), checked on the files themselves.
 
-The notebooks' *execution* is tested by nbval (`make test` runs `pytest --nbval-lax` on
-`book/`); this file checks what execution cannot: the table of contents, stripped outputs,
-the Colab setup cell and its repository URL.
+The notebooks' *execution* is tested elsewhere (`make test` runs every chapter through
+tests/execute_chapters.py, `make test-seeds` at shifted seeds); this file checks what
+execution cannot: the table of contents, stripped outputs, the setup cell, the sections'
+asserts, exercises and wording.
 """
 
 from __future__ import annotations

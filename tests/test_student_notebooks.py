@@ -251,8 +251,9 @@ def test_no_solution_is_left_for_the_student(chapter):
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_solutions_notebook_runs_the_chapters_code(chapter):
-    # The chapter itself runs in `make test` (nbval), every solution checked by its checker,
-    # so the solutions notebook, whose code cells are the chapter's, passes every checker.
+    # The chapter itself runs in `make test` (tests/execute_chapters.py) and in
+    # `make test-seeds`, every solution checked by its checker, so the solutions notebook,
+    # whose code cells are the chapter's, passes every checker.
     assert code_sources(read(SOLUTIONS / chapter.name)) == code_sources(read(chapter))
 
 
@@ -260,9 +261,13 @@ def checker_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return [c for c in nb.cells if c.cell_type == "code" and re.search(r"\bcheck\.\w+\(", c.source)]
 
 
-@pytest.mark.slow
+@pytest.mark.shifted
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_student_notebook_runs_with_stubs_untouched(chapter):
+    """The exercise notebook runs top to bottom as a student first opens it: no error, and
+    every checker says "not done yet". `make test-seeds` runs this at a shifted seed offset
+    (``BNLIB_SEED_OFFSET``, which the kernel inherits), so the same run checks every claim of
+    the chapter outside the solutions at new seeds."""
     from nbclient import NotebookClient
 
     nb = read(STUDENT / chapter.name)
