@@ -14,11 +14,14 @@
 5. A glossary term previews its definition on hover (a ``title``, as citations have).
 6. ``static/book.css``: nothing is clipped at any width. Code and outputs wrap, display
    equations scroll beside their number, tables scroll, figures keep a readable size.
+7. Korean text is marked ``lang="ko"`` (the glossary's Korean names and definitions), so
+   browsers pick a Korean font and screen readers a Korean voice.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 
@@ -212,6 +215,30 @@ def _add_markdown_download(app: Sphinx, pagename: str, templatename: str, contex
             })
 
 
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+LATIN = re.compile(r"[A-Za-z]")
+BLOCK = re.compile(r"<(p|dt)((?:\s[^>]*)?)>(.*?)</\1>", re.S)
+TAG = re.compile(r"<[^>]+>|\\\(.*?\\\)|\$[^$]*\$", re.S)
+
+
+def mark_korean(html: str) -> str:
+    """``html`` with ``lang="ko"`` on every ``<p>`` and ``<dt>`` whose text is mostly Korean:
+    more Hangul syllables than Latin letters, outside tags and math."""
+    def mark(m: re.Match) -> str:
+        tag, attrs, inner = m.groups()
+        text = TAG.sub("", inner)
+        if "lang=" in attrs or len(HANGUL.findall(text)) <= len(LATIN.findall(text)):
+            return m.group(0)
+        return f'<{tag}{attrs} lang="ko">{inner}</{tag}>'
+    return BLOCK.sub(mark, html)
+
+
+def _mark_korean(app: Sphinx, pagename: str, templatename: str, context: dict,
+                 doctree) -> None:
+    if "body" in context and HANGUL.search(context["body"]):
+        context["body"] = mark_korean(context["body"])
+
+
 def setup(app: Sphinx) -> dict:
     mathjax_es5_dir()  # fail early, with the fix, if the files are missing
     app.connect("config-inited", _use_local_mathjax, priority=900)
@@ -227,4 +254,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("doctree-resolved", _preview_terms)
     app.connect("build-finished", _write_markdown_sources)
     app.connect("html-page-context", _add_markdown_download, priority=900)
+    app.connect("html-page-context", _mark_korean, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -243,6 +243,16 @@ def test_glossary_entries_link_to_where_each_term_is_introduced(visit):
     assert v.page.locator(f"[id='{anchor}']").count() == 1, f"{href} points at no element"
 
 
+def test_korean_glossary_text_is_marked_korean(visit):
+    v = visit("book/glossary")
+    korean = v.page.locator("dl.glossary > dt[lang='ko']")
+    assert korean.count() >= 0.9 * v.page.locator("dl.glossary > dt").count() / 2
+    assert any("배치 정규화" in t for t in korean.all_inner_texts())
+    assert v.page.locator("dl.glossary > dd > p[lang='ko']").count() >= korean.count() * 0.9
+    english = v.page.locator("dl.glossary > dt", has_text="batch normalization").first
+    assert english.get_attribute("lang") is None
+
+
 def test_search_finds_a_known_term(visit):
     v = visit("search")
     v.page.goto(f"{v.base}/search.html?q=covariate", wait_until="load")
