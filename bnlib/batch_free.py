@@ -217,7 +217,7 @@ def relu_gain() -> float:
     return math.sqrt(2.0 / (1.0 - 1.0 / math.pi))
 
 
-class ScaledWSConv2d(nn.Conv2d):
+class ScaledWSConv2d(WSConv2d):
     r"""Scaled weight standardization for normalizer-free ResNets (Brock et al., ICLR 2021).
 
     The convolution uses, for each output channel ``i`` with ``N = fan_in``
@@ -236,7 +236,8 @@ class ScaledWSConv2d(nn.Conv2d):
     conv whose output goes through a ReLU, keeps the variance of the ReLU's output constant
     from layer to layer at initialization.
 
-    Args: those of ``nn.Conv2d``, plus (keyword only)
+    Args: those of ``nn.Conv2d`` (and so of :class:`WSConv2d`, whose ``forward`` it uses
+    with its own :meth:`standardized_weight`), plus (keyword only)
         gamma: fixed gain of the nonlinearity that follows (not learned; default 1). For a
             ReLU, ``relu(gamma * z) = gamma * relu(z)``, so this is the paper's scaled
             activation; for other nonlinearities Brock et al.'s code scales their output.
@@ -246,27 +247,11 @@ class ScaledWSConv2d(nn.Conv2d):
     learned, initialized to ones.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: str | int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        gamma: float = 1.0,
-        eps: float = 1e-4,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype)
-        self.gamma, self.eps = gamma, eps
-        self.gain = nn.Parameter(torch.ones(out_channels, device=device, dtype=dtype))
+    def __init__(self, *args: Any, gamma: float = 1.0, eps: float = 1e-4, **kwargs: Any) -> None:
+        super().__init__(*args, eps=eps, **kwargs)
+        self.gamma = gamma
+        w = self.weight
+        self.gain = nn.Parameter(torch.ones(w.shape[0], device=w.device, dtype=w.dtype))
 
     def reset_parameters(self) -> None:
         """``nn.Conv2d``'s initialization of ``weight`` and ``bias``; ``gain`` to ones."""
@@ -283,10 +268,7 @@ class ScaledWSConv2d(nn.Conv2d):
         return (w - mean) * scale * (self.gamma * self.gain.view(-1, 1, 1, 1))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, gamma={self.gamma}, eps={self.eps}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.standardized_weight(), self.bias)
+        return f"{super().extra_repr()}, gamma={self.gamma}"
 
 
 # --------------------------------------------------------------------------- gradient clipping
