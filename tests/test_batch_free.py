@@ -1,5 +1,7 @@
 """bnlib.batch_free against independent oracles: torch.nn.RMSNorm, F.rms_norm, numeric
-gradients, F.conv2d with hand-standardized weights, and a plain-loop AGC."""
+gradients, F.conv2d with hand-standardized weights, and a plain-loop AGC; and the chapter's
+checkers, ``check.rms_norm`` and ``check.ws_conv2d``, against right answers and wrong ones
+written here."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from checking import failure
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
+from bnlib import check, seed_everything
 from bnlib import reference as R
-from bnlib import seed_everything
 from bnlib.batch_free import (
     RMSNorm,
     ScaledWSConv2d,
@@ -382,3 +385,118 @@ def test_agc_takes_a_single_tensor_and_rejects_bad_arguments():
     torch.testing.assert_close(p.grad.norm(dim=1), 0.5 * p.detach().norm(dim=1))
     with pytest.raises(ValueError, match="positive"):
         adaptive_grad_clip_([p], clip=0.0)
+
+
+# --------------------------------------------------------------------------- the checkers
+# Right answers and wrong ones written here, independently of the catalogues in
+# bnlib.check, the way a reader would write them; each wrong one is paired with a piece of
+# the hint it must get.
+
+
+def _rms_right(x, weight, eps):
+    mean_square = (x * x).sum(axis=-1, keepdims=True) / x.shape[-1]
+    return weight * x / np.sqrt(mean_square + eps)
+
+
+def _ms(x, axis=-1):
+    return (x**2).mean(axis, keepdims=True)
+
+
+WRONG_RMS = {
+    "mean subtracted first": lambda x, w, eps: w * (x - x.mean(-1, keepdims=True)) / np.sqrt(
+        x.var(-1, keepdims=True) + eps),
+    "without the mean subtracted": lambda x, w, eps: w * x / np.sqrt(
+        x.var(-1, keepdims=True) + eps),
+    "over the batch (axis 0)": lambda x, w, eps: w * x / np.sqrt((x**2).mean(0) + eps),
+    "eps added outside": lambda x, w, eps: w * x / (np.sqrt(_ms(x)) + eps),
+    "*sum* of squares": lambda x, w, eps: w * x / np.sqrt((x**2).sum(-1, keepdims=True) + eps),
+    "without the weight": lambda x, w, eps: x / np.sqrt(_ms(x) + eps),
+    "over the whole tensor": lambda x, w, eps: w * x / np.sqrt(np.mean(x**2) + eps),
+}
+
+
+def test_rms_norm_checker_accepts_right(capsys):
+    assert check.rms_norm(_rms_right) is True
+    assert "rms_norm: all 6 cases pass" in capsys.readouterr().out
+    assert check.rms_norm(lambda x, w, eps: (_rms_right(x, w, eps), {"cache": None}))
+
+
+def test_rms_norm_checker_stub(capsys):
+    def stub(x, weight, eps):
+        raise NotImplementedError
+
+    assert check.rms_norm(stub) is False
+    assert "not done yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("hint", list(WRONG_RMS))
+def test_rms_norm_checker_names_the_mistake(hint):
+    assert hint in failure(check.rms_norm, WRONG_RMS[hint])
+
+
+def test_rms_norm_checker_without_eps_and_in_place():
+    message = failure(check.rms_norm, lambda x, w, eps: w * x / np.sqrt(_ms(x)))
+    assert "No mistake this checker knows matches" in message
+
+    def in_place(x, weight, eps):
+        x /= np.sqrt(_ms(x) + eps)
+        return x * weight
+
+    assert "in place" in failure(check.rms_norm, in_place)
+
+
+def _ws_right(x, weight, bias, eps):
+    """With torch, as the chapter suggests: a tensor comes back."""
+    rows = weight.reshape(len(weight), -1)
+    centered = rows - rows.mean(axis=1, keepdims=True)
+    w_hat = centered / np.sqrt((centered**2).mean(axis=1, keepdims=True) + eps)
+    return F.conv2d(torch.from_numpy(x), torch.from_numpy(w_hat.reshape(weight.shape)),
+                    torch.from_numpy(bias))
+
+
+def _ws_torch(x, weight, bias, eps, dims=(1, 2, 3), unbiased=False, eps_out=False,
+              center=True, with_bias=True):
+    w = torch.from_numpy(weight)
+    std = w.var(dim=dims, unbiased=unbiased, keepdim=True).sqrt()
+    scale = std + eps if eps_out else torch.sqrt(std**2 + eps)
+    w_hat = ((w - w.mean(dim=dims, keepdim=True)) if center else w) / scale
+    return F.conv2d(torch.from_numpy(x), w_hat, torch.from_numpy(bias) if with_bias else None)
+
+
+WRONG_WS = {
+    "per (output, input) channel pair": lambda *a: _ws_torch(*a, dims=(2, 3)),
+    "over the whole weight tensor": lambda *a: _ws_torch(*a, dims=(0, 1, 2, 3)),
+    "over the output channels (axis 0)": lambda *a: _ws_torch(*a, dims=(0,)),
+    "unbiased variance (ddof=1)": lambda *a: _ws_torch(*a, unbiased=True),  # torch's default
+    "eps added outside": lambda *a: _ws_torch(*a, eps_out=True),
+    "but not centered": lambda *a: _ws_torch(*a, center=False),
+    "without its bias": lambda *a: _ws_torch(*a, with_bias=False),
+    "with the raw weight": lambda x, w, b, eps: F.conv2d(torch.from_numpy(x),
+                                                         torch.from_numpy(w),
+                                                         torch.from_numpy(b)),
+}
+
+
+def test_ws_conv2d_checker_accepts_right(capsys):
+    assert check.ws_conv2d(_ws_right) is True
+    assert "ws_conv2d: all 6 cases pass" in capsys.readouterr().out
+
+
+def test_ws_conv2d_checker_stub(capsys):
+    def stub(x, weight, bias, eps):
+        raise NotImplementedError
+
+    assert check.ws_conv2d(stub) is False
+    assert "not done yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("hint", list(WRONG_WS))
+def test_ws_conv2d_checker_names_the_mistake(hint):
+    assert hint in failure(check.ws_conv2d, WRONG_WS[hint])
+
+
+def test_ws_conv2d_checker_names_a_wrong_shape():
+    message = failure(check.ws_conv2d, lambda x, w, b, eps: F.conv2d(
+        torch.from_numpy(x), standardize_weight(torch.from_numpy(w), eps),
+        torch.from_numpy(b), padding=1))
+    assert "y has shape (2, 4, 6, 5) instead of (2, 4, 4, 3)" in message

@@ -3,7 +3,9 @@
 Oracles: the blur as a direct 2-D convolution (``torch.nn.functional.conv2d`` with the outer
 product of a 1-D Gaussian kernel built here, reflect padding), the noise redrawn from
 ``np.random.default_rng``, SHA-256 over bytes assembled here, BN statistics and entropies
-computed by hand in float64, and a forward pass written out with batch statistics.
+computed by hand in float64, and a forward pass written out with batch statistics. The
+chapter's checkers (``check.adabn_statistics``, ``tent_entropy``, ``tent_parameters``) against
+right answers and wrong ones written here.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from checking import failure
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnlib import shift
+from bnlib import check, shift
 from bnlib import torch_bn as tbn
 
 BN_CLASSES = [nn.BatchNorm1d, tbn.BatchNorm]
@@ -347,3 +351,223 @@ def test_tent_step_rejects_an_optimizer_holding_other_parameters():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="BN affine parameters only"):
         shift.tent_step(model, torch.randn(4, 3, 4, dtype=torch.float64), optimizer)
+
+
+# --------------------------------------------------------------------------- the checkers
+# Right answers and wrong ones written here, independently of the catalogues in
+# bnlib.check, the way a reader would write them; each wrong one is paired with a piece of
+# the hint it must get.
+
+
+def _channel_axes(batch):
+    """BN's axes for one batch (m, C, *spatial): all but the channel axis."""
+    return (0, *range(2, batch.ndim))
+
+
+def _adabn_right(batches):
+    means = [b.mean(axis=_channel_axes(b)) for b in batches]
+    variances = [b.var(axis=_channel_axes(b), ddof=1) for b in batches]
+    return sum(means) / len(means), sum(variances) / len(variances)
+
+
+def _adabn_torch_default_momentum(batches):
+    bn = (nn.BatchNorm1d if batches.ndim == 3 else nn.BatchNorm2d)(batches.shape[2]).double()
+    for b in batches:
+        bn(torch.from_numpy(b))
+    return bn.running_mean.detach(), bn.running_var.detach()
+
+
+def _adabn_pooled(batches, ddof):
+    everything = batches.reshape(-1, *batches.shape[2:])
+    axes = _channel_axes(everything)
+    return everything.mean(axis=axes), everything.var(axis=axes, ddof=ddof)
+
+
+def _adabn_per_example(batches):
+    axes = tuple(range(1, batches.ndim - 1))
+    return (np.mean([b.mean(axis=axes) for b in batches], axis=0),
+            np.mean([b.var(axis=axes, ddof=1) for b in batches], axis=0))
+
+
+def _adabn_factor_m(batches):
+    m = batches.shape[1]
+    mean, _ = _adabn_right(batches)
+    return mean, np.mean([b.var(axis=_channel_axes(b)) * m / (m - 1) for b in batches], axis=0)
+
+
+WRONG_ADABN = {
+    "averages the biased batch variances": lambda batches: (
+        _adabn_right(batches)[0],
+        np.mean([b.var(axis=_channel_axes(b)) for b in batches], axis=0)),
+    "the variance of all K * m values pooled together": lambda b: _adabn_pooled(b, ddof=1),
+    "the biased variance of all K * m values pooled": lambda b: _adabn_pooled(b, ddof=0),
+    "default momentum=0.1": _adabn_torch_default_momentum,
+    "the last batch only": lambda batches: (
+        batches[-1].mean(axis=_channel_axes(batches[-1])),
+        batches[-1].var(axis=_channel_axes(batches[-1]), ddof=1)),
+    "per example (over the channels": _adabn_per_example,
+    "are per position, shape (C, H, W)": lambda batches: (
+        batches.mean(axis=(0, 1)), batches.var(axis=1, ddof=1).mean(axis=0)),
+    "unbiased factor is m / (m - 1)": _adabn_factor_m,
+    "the variance of the batch means": lambda batches: (
+        _adabn_right(batches)[0],
+        np.var([b.mean(axis=_channel_axes(b)) for b in batches], axis=0)),
+}
+
+
+def test_adabn_statistics_checker_accepts_right(capsys):
+    assert check.adabn_statistics(_adabn_right) is True
+    assert "adabn_statistics: all 6 cases pass" in capsys.readouterr().out
+
+
+def test_adabn_statistics_checker_stub(capsys):
+    def stub(batches):
+        raise NotImplementedError
+
+    assert check.adabn_statistics(stub) is False
+    assert "not done yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("hint", list(WRONG_ADABN))
+def test_adabn_statistics_checker_names_the_mistake(hint):
+    assert hint in failure(check.adabn_statistics, WRONG_ADABN[hint])
+
+
+def test_adabn_statistics_checker_wants_a_pair():
+    message = failure(check.adabn_statistics, lambda batches: _adabn_right(batches)[1])
+    assert "expected a tuple (running_mean, running_var)" in message
+
+
+def _softmax_naive(z, axis=1):
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _entropy_right(logits):
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-(np.exp(log_p) * log_p).sum(axis=1).mean())
+
+
+WRONG_ENTROPY = {  # naive softmax, as a first try would be: each is also NaN on huge logits
+    "sum over the batch": lambda z: -(_softmax_naive(z) * np.log(_softmax_naive(z))).sum(),
+    "one entropy per example": lambda z: -(_softmax_naive(z)
+                                           * np.log(_softmax_naive(z))).sum(axis=1),
+    "in bits (log base 2)": lambda z: -(_softmax_naive(z) * np.log2(_softmax_naive(z)))
+    .sum(axis=1).mean(),
+    "the negative of the entropy": lambda z: (_softmax_naive(z) * np.log(_softmax_naive(z)))
+    .sum(axis=1).mean(),
+    "normalizes over the batch (axis 0)": lambda z: -(
+        _softmax_naive(z, axis=0) * np.log(_softmax_naive(z, axis=0))).sum(axis=1).mean(),
+    "entropy of the mean prediction": lambda z: -(
+        _softmax_naive(z).mean(0) * np.log(_softmax_naive(z).mean(0))).sum(),
+    "averaged -p_k log p_k over the classes": lambda z: -(
+        _softmax_naive(z) * np.log(_softmax_naive(z))).mean(),
+    "cross-entropy against the predicted class": lambda z: -np.log(
+        _softmax_naive(z).max(axis=1)).mean(),
+}
+
+
+def test_tent_entropy_checker_accepts_right(capsys):
+    assert check.tent_entropy(_entropy_right) is True
+    assert "tent_entropy: all 6 cases pass" in capsys.readouterr().out
+    by_torch = lambda z: torch.distributions.Categorical(  # noqa: E731
+        logits=torch.from_numpy(z)).entropy().mean()
+    assert check.tent_entropy(by_torch) is True
+
+
+def test_tent_entropy_checker_stub(capsys):
+    def stub(logits):
+        raise NotImplementedError
+
+    assert check.tent_entropy(stub) is False
+    assert "not done yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("hint", list(WRONG_ENTROPY))
+def test_tent_entropy_checker_names_the_mistake(hint):
+    assert hint in failure(check.tent_entropy, WRONG_ENTROPY[hint])
+
+
+@pytest.mark.parametrize("subtract_max", [False, True])
+def test_tent_entropy_checker_explains_the_overflow_of_a_naive_softmax(subtract_max):
+    def naive(logits):
+        z = logits - logits.max(axis=1, keepdims=True) if subtract_max else logits
+        p = _softmax_naive(z)
+        return -(p * np.log(p)).sum(axis=1).mean()
+
+    message = failure(check.tent_entropy, naive)
+    assert "right on every case but the one with huge logits" in message
+    assert "z - logsumexp(z)" in message
+
+
+def _tent_right(model):
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    return [m.bias for m in bns] + [m.weight for m in bns]  # any order
+
+
+WRONG_TENT = {
+    "every parameter of the model": lambda model: [p for _, p in model.named_parameters()],
+    "LayerNorm's included": lambda model: [
+        p for m in model.modules() if isinstance(m, (_BatchNorm, nn.LayerNorm))
+        for p in m.parameters()],
+    "BN weights (the scales, gamma) but not the biases": lambda model: [
+        m.weight for m in model.modules() if isinstance(m, _BatchNorm)],
+    "BN biases (the shifts, beta) but not the weights": lambda model: [
+        m.bias for m in model.modules() if isinstance(m, _BatchNorm)],
+    "buffers are not Parameters": lambda model: [
+        b for m in model.modules() if isinstance(m, _BatchNorm) for b in m.buffers()],
+    "the last layer only": lambda model: list(model[-1].parameters()),
+    "misses the book's own BatchNorm": lambda model: [
+        p for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
+        for p in m.parameters()],
+    "not copies": lambda model: [p.data for p in _tent_right(model)],
+    "(name, parameter) pairs": lambda model: list(model.named_parameters()),
+    "returned a set": lambda model: set(_tent_right(model)),
+    "more than once": lambda model: _tent_right(model) * 2,
+}
+
+
+def test_tent_parameters_checker_accepts_right(capsys):
+    assert check.tent_parameters(_tent_right) is True
+    assert "tent_parameters: all 3 models pass" in capsys.readouterr().out
+    as_generator = lambda model: (p for m in model.modules()  # noqa: E731
+                                  if isinstance(m, _BatchNorm) for p in m.parameters())
+    assert check.tent_parameters(as_generator) is True
+
+
+def test_tent_parameters_checker_stub(capsys):
+    def stub(model):
+        raise NotImplementedError
+
+    assert check.tent_parameters(stub) is False
+    assert "not done yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("hint", list(WRONG_TENT))
+def test_tent_parameters_checker_names_the_mistake(hint):
+    assert hint in failure(check.tent_parameters, WRONG_TENT[hint])
+
+
+def test_tent_parameters_checker_lists_what_is_missing_and_extra():
+    def with_first_conv(model):
+        return _tent_right(model) + [next(model.parameters())]
+
+    message = failure(check.tent_parameters, with_first_conv)
+    assert "No mistake this checker knows matches" in message
+    assert "your list also holds 0.weight (Conv2d)" in message
+
+    def first_bn_only(model):
+        bn = next(m for m in model.modules() if isinstance(m, _BatchNorm))
+        return [bn.weight, bn.bias]
+
+    message = failure(check.tent_parameters, first_bn_only)
+    assert "your list lacks 4.bias (BatchNorm2d), 4.weight (BatchNorm2d)" in message
+
+
+def test_tent_parameters_checker_leaves_the_global_generator_alone():
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    check.tent_parameters(_tent_right)
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)

@@ -26,7 +26,7 @@ every checker records its verdict, which :func:`results` returns.
 Layout: :mod:`bnlib.check._core` holds the machinery (cases, mistakes, diagnosis, verdicts,
 grading, the registry of catalogues); each chapter's checkers and their catalogues of
 mistakes live in a module of their own, in reading order, ``ch01_feature_scaling`` to
-``ch09_making_bn_fast``. A new checker is an :class:`~bnlib.check._core._Exercise` (its right
+``ch11_distribution_shift``. A new checker is an :class:`~bnlib.check._core._Exercise` (its right
 solution, its mistakes and the right formula; creating it registers it), a function making
 its ``_Case`` list, and a public function that calls ``_check``, like
 :func:`~bnlib.check.ch03_bn_algorithm.batchnorm_forward`; export it here.
@@ -42,11 +42,17 @@ from bnlib.check.ch06_regularization import dropout_backward, dropout_forward
 from bnlib.check.ch07_batch_size import group_norm
 from bnlib.check.ch08_paper_reproduction import inference_bn
 from bnlib.check.ch09_making_bn_fast import bn_bytes
+from bnlib.check.ch10_normalization_without_batch import rms_norm, ws_conv2d
+from bnlib.check.ch11_distribution_shift import (
+    adabn_statistics,
+    tent_entropy,
+    tent_parameters,
+)
 
 __all__ = [
     "standardize", "saturation_fraction", "importance_weights", "batchnorm_forward",
     "batchnorm_backward", "running_stats_update", "spatial_batchnorm_forward",
     "fold_bn_into_conv", "dropout_forward", "dropout_backward", "group_norm", "inference_bn",
-    "bn_bytes",
+    "bn_bytes", "rms_norm", "ws_conv2d", "adabn_statistics", "tent_entropy", "tent_parameters",
     "catalogues", "grading", "results",
 ]
