@@ -196,6 +196,21 @@ def test_chapter_states_prerequisites_and_time(nb_path):
                      re.S), f"{nb_path.name}: no reading and exercise time after the goals"
 
 
+FIGURE = re.compile(r"subplots\(|plt\.figure\(")
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_has_a_caption_and_alt_text(nb_path):
+    # A figure without them is unlabelled for a screen reader, and is rendered outside the
+    # <figure> that lets a wide plot scroll on a phone (the browser test's clipping check).
+    nb = json.loads(nb_path.read_text())
+    bare = [c.get("id") for c in nb["cells"] if c["cell_type"] == "code"
+            and FIGURE.search(source(c)) and not (
+                c["metadata"].get("mystnb", {}).get("figure", {}).get("caption")
+                and c["metadata"].get("mystnb", {}).get("image", {}).get("alt"))]
+    assert not bare, f"{nb_path.name}: cells {bare} draw a figure without caption or alt text"
+
+
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_exercise_has_a_difficulty(nb_path):
     text = markdown(nb_path)
