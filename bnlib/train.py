@@ -92,6 +92,8 @@ def fit(
     desc: str = "training",
     shuffle: bool = True,
     optimizer: str = "sgd",
+    before_step: Callable[[nn.Module], None] | None = None,
+    warmup_steps: int = 0,
 ) -> History:
     """Train ``model`` with SGD (or AdaGrad, or Adam) and cross-entropy for ``steps`` mini-batches.
 
@@ -106,6 +108,11 @@ def fit(
     ``optimizer`` is ``"sgd"`` (``torch.optim.SGD``, with ``momentum``), ``"adagrad"`` or
     ``"adam"`` (``torch.optim.Adagrad`` and ``torch.optim.Adam`` with their default
     settings besides ``lr`` and ``weight_decay``; ``momentum`` must then be 0).
+
+    ``before_step(model)`` runs between ``backward()`` and the optimizer's step, when the
+    gradients are in ``.grad`` (e.g. to clip them). ``warmup_steps = k > 0`` raises the
+    learning rate linearly over the first ``k`` steps, ``lr * step / k`` at step
+    ``step <= k``, then keeps ``lr``.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
@@ -121,6 +128,8 @@ def fit(
         xv, yv = as_tensor(x_test, dev), as_tensor(y_test, dev)
     extra = {"momentum": momentum} if optimizer == "sgd" else {}
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay, **extra)
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be non-negative, got {warmup_steps}")
     loss_fn = nn.CrossEntropyLoss()
     gen = generator(seed)
     n = len(xt)
@@ -136,9 +145,14 @@ def fit(
             order, pos = new_order(), 0
         idx = order[pos : pos + batch_size].to(dev)
         pos += batch_size
+        if warmup_steps:
+            for group in opt.param_groups:
+                group["lr"] = lr * min(1.0, step / warmup_steps)
         loss = loss_fn(model(xt[idx]), yt[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if before_step is not None:
+            before_step(model)
         opt.step()
         hist.train_loss.append(loss.item())
         if on_step is not None:

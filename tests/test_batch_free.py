@@ -1,10 +1,14 @@
 """bnlib.batch_free against independent oracles: torch.nn.RMSNorm, F.rms_norm, numeric
 gradients, F.conv2d with hand-standardized weights, and a plain-loop AGC; and the chapter's
 checkers, ``check.rms_norm`` and ``check.ws_conv2d``, against right answers and wrong ones
-written here."""
+written here. Also the chapter's other additions: the residual blocks of ``bnlib.residual``
+(SkipInit and Fixup are the identity at initialization, Fixup's factor, the NF block's
+variance), the padded-sequence task and Transformer of ``bnlib.sequence`` (no dependence on
+batch partners or padding without BN), and ``fit``'s ``warmup_steps`` and ``before_step``."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -29,6 +33,9 @@ from bnlib.batch_free import (
     rms_norm_forward,
     standardize_weight,
 )
+from bnlib.residual import KINDS, FixupBlock, NFBlock, ResidualCNN, SkipInitBlock, fixup_scale
+from bnlib.sequence import PAD, TinyTransformer, padded_sequences
+from bnlib.train import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -500,3 +507,161 @@ def test_ws_conv2d_checker_names_a_wrong_shape():
         torch.from_numpy(x), standardize_weight(torch.from_numpy(w), eps),
         torch.from_numpy(b), padding=1))
     assert "y has shape (2, 4, 6, 5) instead of (2, 4, 4, 3)" in message
+
+
+# --------------------------------------------------------------------------- residual blocks
+
+
+def test_skipinit_block_is_exactly_the_identity_at_init():
+    seed_everything(0)
+    block = SkipInitBlock(8)
+    x = torch.randn(3, 8, 6, 5)
+    assert torch.equal(block(x), x)
+    (block(x) ** 2).sum().backward()
+    assert block.alpha.grad.abs() > 0  # alpha learns at once
+
+
+@pytest.mark.parametrize("blocks, m, expected", [(1, 2, 1.0), (4, 2, 0.5), (16, 2, 0.25),
+                                                 (64, 3, 64 ** -0.25), (8, 4, 2 ** -0.5)])
+def test_fixup_scale(blocks, m, expected):
+    assert math.isclose(fixup_scale(blocks, m), expected, rel_tol=1e-12)
+
+
+def test_fixup_scale_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        fixup_scale(0)
+    with pytest.raises(ValueError):
+        fixup_scale(4, 1)
+
+
+def test_fixup_block_init():
+    seed_everything(0)
+    width, blocks = 64, 9
+    block = FixupBlock(width, blocks)
+    x = torch.randn(2, width, 5, 5)
+    assert torch.equal(block(x), x)  # conv2 = 0, biases 0: the identity
+    assert torch.count_nonzero(block.conv2.weight) == 0
+    # conv1 ~ N(0, 2 / fan_in) times 1/sqrt(9): n = 36 864 draws estimate the std to a
+    # relative standard error of 1/sqrt(2n) = 0.37 %; allow 5 of them
+    n, fan_in = block.conv1.weight.numel(), width * 9
+    std = block.conv1.weight.std().item()
+    assert abs(std / (math.sqrt(2 / fan_in) / 3) - 1) < 5 / math.sqrt(2 * n)
+    (block(x) ** 2).sum().backward()
+    assert block.conv2.weight.grad.abs().sum() > 0
+
+
+def test_nf_block_variance_grows_by_alpha_squared():
+    """Input of variance beta**2, i.i.d.: the output's variance is beta**2 + alpha**2.
+
+    Averaged over 60 independent blocks (weights and inputs); the interior positions only
+    (zero padding shrinks the border's variance). The tolerance is 4 standard errors of
+    that mean, estimated from the 60 draws (about 0.2 % of the variance each). What the
+    derivation neglects (pre-activations that are not exactly Gaussian, and correlated
+    across the second conv's fan-in) moved the mean by less than 2 standard errors in
+    every draw we tried.
+    """
+    seed_everything(0)
+    beta, alpha, width, draws = 1.5, 1.0, 32, 60
+    variances = []
+    with torch.no_grad():
+        for _ in range(draws):
+            block = NFBlock(width, beta=beta, alpha=alpha)
+            y = block(beta * torch.randn(4, width, 20, 20))
+            variances.append(y[:, :, 2:-2, 2:-2].var().item())
+    v = np.array(variances)
+    se = v.std(ddof=1) / math.sqrt(draws)
+    assert abs(v.mean() - (beta**2 + alpha**2)) < 4 * se
+
+
+def test_residual_cnn_shapes_and_identity_blocks():
+    seed_everything(0)
+    x = torch.randn(5, 14, 14)
+    for kind in KINDS:
+        model = ResidualCNN(kind, depth=3, width=8)
+        assert model(x).shape == (5, 10)
+        stream = model.stream(x)
+        assert len(stream) == 4 and stream[0].shape == (5, 8, 7, 7)
+        if kind in ("skipinit", "fixup"):
+            assert all(torch.equal(s, stream[0]) for s in stream)
+    nf = ResidualCNN("nf", depth=4, alpha=0.5)
+    assert [b.beta for b in nf.blocks] == pytest.approx([1.0, 1.25**0.5, 1.5**0.5, 1.75**0.5])
+    with pytest.raises(ValueError):
+        ResidualCNN("gn", depth=2)
+
+
+# --------------------------------------------------------------------------- sequences
+
+
+def test_padded_sequences():
+    tokens, labels, lengths = padded_sequences(200, vocab=20, min_len=3, max_len=9,
+                                               num_topics=5, seed=0)
+    assert tokens.shape == (200, 9) and labels.shape == lengths.shape == (200,)
+    assert lengths.min() >= 3 and lengths.max() <= 9 and set(labels) <= set(range(5))
+    for row, n in zip(tokens, lengths):
+        assert (row[:n] != PAD).all() and (row[n:] == PAD).all() and row.max() < 20
+    again = padded_sequences(200, vocab=20, min_len=3, max_len=9, num_topics=5, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (tokens, labels, lengths)))
+
+
+@pytest.mark.parametrize("norm", ["ln", "rms"])
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_transformer_ignores_partners_and_padding_without_bn(norm, placement):
+    tokens, _, _ = padded_sequences(40, vocab=16, max_len=10, seed=1)
+    seed_everything(0)
+    model = TinyTransformer(16, 4, norm=norm, placement=placement).train()
+    x = torch.as_tensor(tokens)
+    with torch.no_grad():
+        alone = model(x[:1])
+        together = model(x[:8])[:1]
+        padded = model(F.pad(x[:8], (0, 7), value=PAD))[:1]
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=0)
+
+
+def test_transformer_with_bn_depends_on_padding():
+    tokens, _, _ = padded_sequences(40, vocab=16, max_len=10, seed=1)
+    seed_everything(0)
+    model = TinyTransformer(16, 4, norm="bn").train()
+    x = torch.as_tensor(tokens[:8])
+    with torch.no_grad():
+        assert (model(F.pad(x, (0, 7), value=PAD)) - model(x)).abs().max() > 1e-3
+
+
+# --------------------------------------------------------------------------- fit's additions
+
+
+def test_fit_warmup_raises_the_learning_rate_linearly():
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    ours, theirs = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    theirs.load_state_dict(ours.state_dict())
+    fit(ours, x, y, steps=5, batch_size=8, lr=0.3, warmup_steps=3, shuffle=False,
+        progress=False, device=torch.device("cpu"))
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.3)
+    for step in range(1, 6):  # the whole set is one batch
+        opt.param_groups[0]["lr"] = 0.3 * min(1.0, step / 3)
+        opt.zero_grad()
+        F.cross_entropy(theirs(x), y).backward()
+        opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        fit(ours, x, y, steps=1, warmup_steps=-1, progress=False)
+
+
+def test_fit_before_step_sees_the_gradients_before_the_update():
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 0, 1])
+    model = torch.nn.Linear(3, 2)
+    start = copy.deepcopy(model.state_dict())
+    seen = []
+
+    def zero_grads(m):
+        seen.append(all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()))
+        for p in m.parameters():
+            p.grad.zero_()
+
+    fit(model, x, y, steps=3, batch_size=6, lr=0.5, progress=False, before_step=zero_grads,
+        device=torch.device("cpu"))
+    assert seen == [True, True, True]
+    for name, p in model.state_dict().items():  # zeroed gradients: plain SGD moves nothing
+        assert torch.equal(p, start[name])

@@ -399,3 +399,13 @@ def test_module_entry_point_exits_non_zero_on_failure() -> None:
     )
     assert done.returncode == 1
     assert "unknown dataset 'no-such-set'" in done.stderr
+
+
+def test_pool2_averages_each_2x2_block():
+    images = np.arange(2 * 4 * 6, dtype=np.float64).reshape(2, 4, 6)
+    pooled = data.pool2(images)
+    assert pooled.shape == (2, 2, 3)
+    assert pooled[1, 1, 2] == images[1, 2:4, 4:6].mean()
+    assert np.allclose(pooled.mean(), images.mean())
+    with pytest.raises(ValueError, match="even height and width"):
+        data.pool2(np.zeros((1, 5, 4)))
