@@ -116,6 +116,8 @@ def fit(
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be non-negative, got {warmup_steps}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
     if optimizer != "sgd" and momentum:
@@ -128,8 +130,6 @@ def fit(
         xv, yv = as_tensor(x_test, dev), as_tensor(y_test, dev)
     extra = {"momentum": momentum} if optimizer == "sgd" else {}
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay, **extra)
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be non-negative, got {warmup_steps}")
     loss_fn = nn.CrossEntropyLoss()
     gen = generator(seed)
     n = len(xt)

@@ -645,8 +645,10 @@ def test_fit_warmup_raises_the_learning_rate_linearly():
         opt.step()
     for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+    ours.eval()
     with pytest.raises(ValueError, match="warmup_steps"):
         fit(ours, x, y, steps=1, warmup_steps=-1, progress=False)
+    assert not ours.training  # refused before the model was touched
 
 
 def test_fit_before_step_sees_the_gradients_before_the_update():
