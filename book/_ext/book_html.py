@@ -235,6 +235,8 @@ def mark_korean(html: str) -> str:
 
 def _mark_korean(app: Sphinx, pagename: str, templatename: str, context: dict,
                  doctree) -> None:
+    if app.config.language == "ko":
+        return  # the Korean edition's pages are lang="ko" as a whole
     if "body" in context and HANGUL.search(context["body"]):
         context["body"] = mark_korean(context["body"])
 

@@ -14,6 +14,13 @@ exercises:
 * ``notebooks/solutions/NN_chapter.ipynb``, the instructors' notebook: the same, with every
   solution kept under a "Solution" heading; its code cells are the chapter's, unchanged.
 
+The Korean edition's build (``language = "ko"``) writes the same two notebooks in Korean,
+``notebooks/ko/`` and ``notebooks/ko/solutions/``: every paragraph, heading, list item, table
+cell and exercise title of the Markdown is looked up in the page's catalog
+(``locale/ko/LC_MESSAGES/``, the translations the Korean pages use), and one code cell is
+added after the header, which asks ``bnlib.check`` for Korean hints; the chapter's code cells
+are copied unchanged.
+
 The generated files are committed, because Colab opens notebooks from the repository; they
 are never edited by hand. Every build compares them with what it generates and warns (an
 error under ``-W``) when one is stale. ``make notebooks`` rewrites them: it sets
@@ -66,6 +73,7 @@ class BookIndex:
     """
 
     base_url: str
+    book_title: str = "Batch Normalization, from scratch to fast"
     equations: dict[str, str] = field(default_factory=dict)
     exercises: dict[str, str] = field(default_factory=dict)
     exercise_titles: dict[str, str] = field(default_factory=dict)
@@ -78,6 +86,97 @@ class BookIndex:
 
     def url(self, docname: str, anchor: str = "") -> str:
         return f"{self.base_url}{docname}.html" + (f"#{anchor}" if anchor else "")
+
+
+# --------------------------------------------------------------------------- languages
+
+
+@dataclass(frozen=True)
+class Words:
+    """What the generator itself writes, in one language."""
+
+    exercise: str
+    solution: str
+    note: str
+    student: str
+    solutions: str
+    language_cell: str | None = None  # a code cell that sets the checkers' language
+
+
+WORDS = {
+    "en": Words(
+        exercise="Exercise {number}",
+        solution="Solution to Exercise {number}",
+        note=("*This is the exercise notebook of the chapter [{title}]({url}) of the book "
+              "[{book}]({home}). Run the cells from the top; each exercise's checker reports "
+              "\"not done yet\" until you replace its stub. {solutions}*"),
+        student="Solutions are not part of it.",
+        solutions="This copy, for instructors, keeps every solution.",
+    ),
+    "ko": Words(
+        exercise="연습 문제 {number}",
+        solution="연습 문제 {number}의 풀이",
+        note=("*[{book}]({home})의 [{title}]({url}) 장에 딸린 연습 노트북이다. 셀을 위에서부터 "
+              "차례로 실행하라. 각 연습 문제의 채점기는 스텁을 바꾸기 전까지 \"아직 풀지 "
+              "않았다\"고 알린다. {solutions}*"),
+        student="풀이는 들어 있지 않다.",
+        solutions="강사용인 이 사본에는 모든 풀이가 들어 있다.",
+        language_cell=("# 채점기(bnlib.check)의 메시지를 한국어로 받는다.\n"
+                       "import os\n\n"
+                       "os.environ[\"BNLIB_LANG\"] = \"ko\""),
+    ),
+}
+
+
+class Translation:
+    """A page's Markdown in another language, message by message, from its catalog.
+
+    ``messages`` maps an English message, as Sphinx's gettext builder extracts it (a
+    paragraph's, heading's or table cell's MyST source, its lines joined by spaces), to its
+    translation. Text without a translation stays English; ``missing`` collects it.
+    """
+
+    def __init__(self, messages: dict[str, str]) -> None:
+        from markdown_it.renderer import RendererHTML
+        from myst_parser.config.main import MdParserConfig
+        from myst_parser.parsers.mdit import create_md_parser
+
+        self.messages = messages
+        self.missing: list[str] = []
+        self._md = create_md_parser(MdParserConfig(enable_extensions={
+            "dollarmath", "amsmath", "colon_fence", "deflist", "substitution"}), RendererHTML)
+
+    def text(self, message: str) -> str:
+        key = message.replace("\n", " ").strip()
+        found = self.messages.get(key)
+        if not found:
+            self.missing.append(key)
+        return found or message
+
+    def markdown(self, text: str) -> str:
+        """``text`` with every paragraph, heading and table cell translated; math, code and
+        the layout (list markers, indentation, block quotes) as they were."""
+        lines = text.split("\n")
+        tokens = self._md.parse(text)
+        drop: set[int] = set()
+        for before, token in zip(tokens, tokens[1:]):
+            if token.type != "inline" or token.map is None:
+                continue
+            start, end = token.map
+            if before.type in ("th_open", "td_open"):
+                cell = token.content.strip()
+                lines[start] = lines[start].replace(cell, self.text(cell), 1)
+                continue
+            if before.type not in ("paragraph_open", "heading_open"):
+                continue
+            first = token.content.split("\n")[0]
+            at = lines[start].find(first)
+            if at < 0:
+                self.missing.append(token.content)
+                continue
+            lines[start] = lines[start][:at] + self.text(token.content)
+            drop.update(range(start + 1, end))
+        return "\n".join(line for i, line in enumerate(lines) if i not in drop)
 
 
 # --------------------------------------------------------------------------- roles
@@ -103,7 +202,7 @@ def _cite(keys: str, index: BookIndex, textual: bool) -> str:
     return "(" + "; ".join(parts) + ")"
 
 
-def convert_roles(text: str, index: BookIndex, docname: str) -> str:
+def convert_roles(text: str, index: BookIndex, docname: str, words: Words = WORDS["en"]) -> str:
     """Replace every MyST role in ``text`` by plain Markdown (see the module docstring)."""
 
     def one(m: re.Match) -> str:
@@ -130,7 +229,7 @@ def convert_roles(text: str, index: BookIndex, docname: str) -> str:
             shown, label = _target(body)
             if label not in index.exercises:
                 raise GenerationError(f"{docname}: {{{role}}} to {label!r}, not an exercise")
-            name = f"Exercise {index.exercises[label]}"
+            name = words.exercise.format(number=index.exercises[label])
             if role == "ref" and shown == label:
                 name += f" ({index.exercise_titles[label]})"
             return name if shown == label else shown
@@ -204,14 +303,6 @@ def quote(text: str) -> str:
 # --------------------------------------------------------------------------- notebooks
 
 
-SETUP_NOTE = (
-    "*This is the exercise notebook of the chapter [{title}]({url}) of the book "
-    "[Batch Normalization, from scratch to fast]({home}). Run the cells from the top; "
-    "each exercise's checker reports \"not done yet\" until you replace its stub. "
-    "{solutions}*"
-)
-
-
 @dataclass
 class Generated:
     student: nbformat.NotebookNode
@@ -219,8 +310,17 @@ class Generated:
     exercises: list[dict]
 
 
-def generate(source: nbformat.NotebookNode, docname: str, index: BookIndex) -> Generated:
-    """The student and the solutions notebook of the chapter ``source`` (``docname``)."""
+def generate(source: nbformat.NotebookNode, docname: str, index: BookIndex,
+             language: str = "en", translation: Translation | None = None) -> Generated:
+    """The student and the solutions notebook of the chapter ``source`` (``docname``), in
+    ``language``; any language but English needs the page's ``translation``."""
+    words = WORDS[language]
+    tr = translation.markdown if translation is not None else (lambda text: text)
+    title_of = translation.text if translation is not None else (lambda text: text)
+
+    def plain(text: str) -> str:
+        return convert_math(convert_roles(tr(text), index, docname, words), index, docname)
+
     student, solutions = copy.deepcopy(source), copy.deepcopy(source)
     student.cells, solutions.cells = [], []
     exercises: list[dict] = []
@@ -243,7 +343,7 @@ def generate(source: nbformat.NotebookNode, docname: str, index: BookIndex) -> G
         theirs: list[str] = []  # and for the instructors
         for block in split_blocks(cell.source):
             if isinstance(block, str):
-                text = convert_math(convert_roles(block, index, docname), index, docname)
+                text = plain(block)
                 theirs.append(text)
                 if not in_solution:
                     mine.append(text)
@@ -253,12 +353,12 @@ def generate(source: nbformat.NotebookNode, docname: str, index: BookIndex) -> G
                 if label not in index.exercises:
                     raise GenerationError(f"{docname}: exercise {block.arg!r} has no known label")
                 number = index.exercises[label]
-                head = f"**Exercise {number}: {convert_roles(block.arg, index, docname)}**"
-                body = convert_math(convert_roles(block.body, index, docname), index, docname)
-                text = quote(f"{head}\n\n{body}")
+                name = words.exercise.format(number=number)
+                head = f"**{name}: {convert_roles(title_of(block.arg), index, docname, words)}**"
+                text = quote(f"{head}\n\n{plain(block.body)}")
                 mine.append(text)
                 theirs.append(text)
-                current = {"label": label, "number": number, "title": block.arg,
+                current = {"label": label, "number": number, "title": title_of(block.arg),
                            "checkers": []}
                 exercises.append(current)
             elif block.name == "literalinclude":
@@ -270,14 +370,14 @@ def generate(source: nbformat.NotebookNode, docname: str, index: BookIndex) -> G
                     mine.append(text)
             elif block.name == "solution-start":
                 in_solution = True
-                theirs.append(f"**Solution to Exercise {_solved(block, index, docname)}**")
+                solved = words.solution.format(number=_solved(block, index, docname))
+                theirs.append(f"**{solved}**")
             elif block.name == "solution-end":
                 in_solution = False
                 current = None
             elif block.name == "solution":
-                body = convert_math(convert_roles(block.body, index, docname), index, docname)
-                theirs.append(quote(f"**Solution to Exercise {_solved(block, index, docname)}**"
-                                    f"\n\n{body}"))
+                solved = words.solution.format(number=_solved(block, index, docname))
+                theirs.append(quote(f"**{solved}**\n\n{plain(block.body)}"))
             else:
                 raise GenerationError(f"{docname}: no plain-Markdown form for {{{block.name}}}")
         for target, parts in ((student, mine), (solutions, theirs)):
@@ -292,16 +392,22 @@ def generate(source: nbformat.NotebookNode, docname: str, index: BookIndex) -> G
 
     title = index.titles[docname]
     for nb, kind in ((student, "student"), (solutions, "solutions")):
-        note = SETUP_NOTE.format(
-            title=title, url=index.url(docname), home=index.url("book/intro"),
-            solutions=("Solutions are not part of it." if kind == "student"
-                       else "This copy, for instructors, keeps every solution."))
+        note = words.note.format(
+            title=title, url=index.url(docname), book=index.book_title,
+            home=index.url("book/intro"),
+            solutions=words.student if kind == "student" else words.solutions)
         header = nbformat.v4.new_markdown_cell(note)
         header.id = f"{kind}-header"
-        nb.cells.insert(_after_title(nb), header)
+        at = _after_title(nb)
+        nb.cells.insert(at, header)
+        if words.language_cell is not None:
+            switch = nbformat.v4.new_code_cell(words.language_cell)
+            switch.id = f"{language}-language"
+            nb.cells.insert(at + 1, switch)
         nb.metadata["bnbook"] = {
             "kind": kind,
             "generated_from": f"{docname}.ipynb",
+            "language": language,
             "do_not_edit": "generated by book/_ext/student_notebooks.py; run `make notebooks`",
             "exercises": [{k: e[k] for k in ("label", "number", "title", "checkers")}
                           for e in exercises],
@@ -356,7 +462,8 @@ def book_index(app: Sphinx) -> BookIndex:
     """Equation and exercise numbers, glossary anchors, titles and citations, from Sphinx."""
     env = app.env
     base = app.config.html_baseurl.rstrip("/") + "/"
-    index = BookIndex(base_url=base, source_dir=Path(app.srcdir))
+    index = BookIndex(base_url=base, book_title=app.config.html_title,
+                      source_dir=Path(app.srcdir))
     for kinds in env.toc_fignumbers.values():
         for node_id, number in kinds.get("displaymath", {}).items():
             index.equations[node_id.removeprefix("equation-")] = ".".join(map(str, number))
@@ -394,6 +501,33 @@ def chapters(app: Sphinx) -> list[str]:
     return sorted(d for d in app.env.found_docs if app.env.doc2path(d).endswith(".ipynb"))
 
 
+def language(app: Sphinx) -> str:
+    return app.config.language or "en"
+
+
+def folder(lang: str) -> str:
+    """Where the ``lang`` edition's notebooks are committed: ``notebooks/`` for English,
+    ``notebooks/ko/`` for Korean."""
+    return FOLDER if lang == "en" else f"{FOLDER}/{lang}"
+
+
+def page_translation(app: Sphinx, docname: str) -> Translation | None:
+    """The page's catalog as a :class:`Translation`; ``None`` for the English edition."""
+    lang = language(app)
+    if lang == "en":
+        return None
+    from babel.messages.pofile import read_po
+
+    messages: dict[str, str] = {}
+    for directory in app.config.locale_dirs:
+        po = Path(app.srcdir) / directory / lang / "LC_MESSAGES" / f"{docname}.po"
+        if po.is_file():
+            with po.open("rb") as f:
+                messages.update({m.id: m.string for m in read_po(f)
+                                 if m.id and m.string and not m.fuzzy})
+    return Translation(messages)
+
+
 def _write_notebooks(app: Sphinx, exception: Exception | None) -> None:
     if exception is not None or app.builder.format != "html":
         return
@@ -401,10 +535,11 @@ def _write_notebooks(app: Sphinx, exception: Exception | None) -> None:
     root = Path(app.srcdir)
     out = os.environ.get(OUT_ENV)
     served = Path(app.outdir) / SERVED
+    lang = language(app)
     for docname in chapters(app):
         source = nbformat.read(app.env.doc2path(docname), as_version=4)
         try:
-            made = generate(source, docname, index)
+            made = generate(source, docname, index, lang, page_translation(app, docname))
         except GenerationError as err:
             logger.warning(f"student notebook of {docname}: {err}")
             continue
@@ -413,15 +548,15 @@ def _write_notebooks(app: Sphinx, exception: Exception | None) -> None:
             text = dumps(nb)
             (served / sub).mkdir(parents=True, exist_ok=True)
             (served / sub / name).write_text(text, encoding="utf-8")
-            committed = root / FOLDER / sub / name
+            committed = root / folder(lang) / sub / name
             if out:
                 target = Path(out) / sub / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text, encoding="utf-8")
             elif not committed.is_file() or committed.read_text(encoding="utf-8") != text:
                 logger.warning(
-                    f"{committed.relative_to(root)} is stale against {docname}.ipynb: "
-                    "run `make notebooks` and commit the result")
+                    f"{committed.relative_to(root)} is stale against {docname}.ipynb "
+                    "(or its translation): run `make notebooks` and commit the result")
 
 
 def _no_execution_when_only_writing(app: Sphinx, config) -> None:
@@ -439,10 +574,12 @@ def _point_buttons_at_student_notebooks(app: Sphinx, pagename: str, templatename
         for button in group.get("buttons", []):
             if button.get("label") == "download-source-button":
                 button["url"] = f"{context['pathto'](SERVED, 1)}/{name}"
-                button["tooltip"] = "Download the exercise notebook (.ipynb)"
+                button["tooltip"] = ("Download the exercise notebook (.ipynb)"
+                                     if language(app) == "en" else "연습 노트북 내려받기 (.ipynb)")
             url = button.get("url", "")
             if "colab.research.google.com" in url:
-                button["url"] = re.sub(r"/blob/([^/]+)/.*$", rf"/blob/\1/{FOLDER}/{name}", url)
+                button["url"] = re.sub(r"/blob/([^/]+)/.*$",
+                                       rf"/blob/\1/{folder(language(app))}/{name}", url)
 
 
 def setup(app: Sphinx) -> dict:
