@@ -23,16 +23,26 @@ raises ``AssertionError``, but its message only names the case that fails, witho
 or the right values: right for an assignment, where self-study wants the fix. Either way,
 every checker records its verdict, which :func:`results` returns.
 
+**Language.** The checkers speak English, or Korean in the Korean edition: its notebooks set
+``os.environ["BNLIB_LANG"] = "ko"`` in a code cell of their own, before the first checker
+runs. The variable is read at every message; :func:`set_language` (``"en"``, ``"ko"``, or
+``None`` to let the variable decide again) overrides it and :func:`language` says which is in
+use. The translations live in ``bnlib/locale/ko/LC_MESSAGES/bnlib.po`` (compiled to
+``bnlib.mo``); :mod:`bnlib.check._i18n` holds the machinery and says how to update them.
+
 Layout: :mod:`bnlib.check._core` holds the machinery (cases, mistakes, diagnosis, verdicts,
 grading, the registry of catalogues); each chapter's checkers and their catalogues of
 mistakes live in a module of their own, in reading order, ``ch01_feature_scaling`` to
 ``ch11_distribution_shift``. A new checker is an :class:`~bnlib.check._core._Exercise` (its right
 solution, its mistakes and the right formula; creating it registers it), a function making
 its ``_Case`` list, and a public function that calls ``_check``, like
-:func:`~bnlib.check.ch03_bn_algorithm.batchnorm_forward`; export it here.
+:func:`~bnlib.check.ch03_bn_algorithm.batchnorm_forward`; export it here. Every message a
+reader sees goes through ``_()`` of :mod:`bnlib.check._i18n` (a catalogue's hints and formula
+are translated where they are shown); after adding or changing one, update the Korean catalog.
 """
 
 from bnlib.check._core import catalogues, grading, results
+from bnlib.check._i18n import language, set_language
 from bnlib.check.ch01_feature_scaling import standardize
 from bnlib.check.ch02_covariate_shift import importance_weights, saturation_fraction
 from bnlib.check.ch03_bn_algorithm import batchnorm_backward, batchnorm_forward
@@ -54,5 +64,5 @@ __all__ = [
     "batchnorm_backward", "running_stats_update", "spatial_batchnorm_forward",
     "fold_bn_into_conv", "dropout_forward", "dropout_backward", "group_norm", "inference_bn",
     "bn_bytes", "rms_norm", "ws_conv2d", "adabn_statistics", "tent_entropy", "tent_parameters",
-    "catalogues", "grading", "results",
+    "catalogues", "grading", "results", "language", "set_language",
 ]

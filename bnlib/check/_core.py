@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from bnlib.check._i18n import _
+
 # Two fp64 implementations that differ only in rounding agree to ~1e-12; the mistakes in the
 # catalogues differ from the right answer by more than 1e-6 on at least one case.
 RTOL = 1e-6
@@ -41,12 +43,14 @@ class _Case:
     atol_factor: float = 1e-3
 
     def describe(self) -> str:
+        """This case in messages, e.g. ``case 'typical batch' (x of shape (16, 5), eps=1e-05)``."""
         parts = [
-            f"{k} of shape {v.shape}" + ("" if v.dtype == np.float64 else f" ({v.dtype})")
+            _("{name} of shape {shape}").format(name=k, shape=v.shape)
+            + ("" if v.dtype == np.float64 else f" ({v.dtype})")
             if isinstance(v, np.ndarray) else f"{k}={v!r}"
             for k, v in self.args.items()
         ]
-        return f"case '{self.name}' ({', '.join(parts)})"
+        return _("case '{name}' ({inputs})").format(name=self.name, inputs=", ".join(parts))
 
 
 @dataclass(frozen=True)
@@ -132,14 +136,15 @@ def _verdict(name: str, run: Callable[[], str]) -> bool:
         passed = run()
     except _NotDone:
         _RESULTS[name] = {"status": "not done", "case": ""}
-        print(f"{name}: not done yet — replace the NotImplementedError stub, "
-              "then run this cell again.")
+        print(_("{name}: not done yet — replace the NotImplementedError stub, then run this "
+                "cell again.").format(name=name))
         return False
     except _Failed as failure:
         _RESULTS[name] = {"status": "fail", "case": failure.case}
         if grading():
-            where = f" on case '{failure.case}'" if failure.case else ""
-            raise AssertionError(f"{name}: FAILED{where} (grading mode: no hints)") from None
+            message = (_("{name}: FAILED on case '{case}' (grading mode: no hints)")
+                       if failure.case else _("{name}: FAILED (grading mode: no hints)"))
+            raise AssertionError(message.format(name=name, case=failure.case)) from None
         raise AssertionError(f"{name}: {failure}") from None
     _RESULTS[name] = {"status": "pass", "case": ""}
     print(f"{name}: {passed} ✓")
@@ -167,7 +172,7 @@ def _compare(ex: _Exercise, fn: Callable[..., Any], cases: Sequence[_Case]) -> s
            if not all(_close(a, b, c) for a, b in zip(g, w, strict=True))]
     if bad:
         raise _Failed(_diagnose(ex, cases, got, want, bad), bad[0].name)
-    return f"all {len(cases)} cases pass"
+    return _("all {n} cases pass").format(n=len(cases))
 
 
 def _call(fn: Callable[..., Any], case: _Case) -> Any:
@@ -183,28 +188,33 @@ def _call(fn: Callable[..., Any], case: _Case) -> Any:
     except NotImplementedError:
         raise _NotDone from None
     except Exception as exc:
-        raise _Failed(
-            f"your function raised {type(exc).__name__}: {exc}{_where(exc)}, "
-            f"on {case.describe()}.", case.name
-        ) from None
+        raise _Failed(_raised(exc, case.describe()), case.name) from None
     for k, v in case.args.items():
         if isinstance(v, np.ndarray) and not np.array_equal(v, copies[k], equal_nan=True):
-            raise _Failed(
-                f"your function changed its input `{k}` in place (with `{k} -= ...`, "
-                f"`{k} *= ...` or `{k}[...] = ...`), which corrupts the caller's array: "
-                f"make a new array instead, e.g. `{k} = {k} - ...`.", case.name
-            )
+            raise _Failed(_(
+                "your function changed its input `{name}` in place (with `{name} -= ...`, "
+                "`{name} *= ...` or `{name}[...] = ...`), which corrupts the caller's array: "
+                "make a new array instead, e.g. `{name} = {name} - ...`."
+            ).format(name=k), case.name)
     return result
+
+
+def _raised(exc: BaseException, on: str) -> str:
+    """'your function raised ValueError: ... (in f, line 3: `code`), on <on>.'"""
+    return _("your function raised {error}: {message}{where}, on {case}.").format(
+        error=type(exc).__name__, message=exc, where=_where(exc), case=on)
 
 
 def _where(exc: BaseException) -> str:
     """' (in f, line 3: `code`)' for the deepest frame of the reader's code, or ''."""
-    frames = traceback.extract_tb(exc.__traceback__)[1:]  # [0] is _call itself
+    frames = traceback.extract_tb(exc.__traceback__)[1:]  # [0] is _call (or the caller) itself
     frames = [f for f in frames if "-packages" not in f.filename]  # skip NumPy, torch, ...
     if not frames:
         return ""
     f = frames[-1]
-    return f" (in {f.name}, line {f.lineno}" + (f": `{f.line}`)" if f.line else ")")
+    where = (_(" (in {function}, line {line}: `{code}`)") if f.line
+             else _(" (in {function}, line {line})"))
+    return where.format(function=f.name, line=f.lineno, code=f.line)
 
 
 def _unpack(result: Any, outputs: tuple[str, ...]) -> Outputs:
@@ -215,32 +225,38 @@ def _unpack(result: Any, outputs: tuple[str, ...]) -> Outputs:
     if len(outputs) == 1:
         (name,) = outputs
         if result is None:
-            raise _Failed(f"your function returned None: did you forget `return {name}`?")
+            raise _Failed(_returned_none(name))
         if isinstance(result, tuple):
             if len(result) != 2:
-                raise _Failed(
-                    f"expected {name} or ({name}, cache), but your function returned a "
-                    f"tuple of {len(result)} items."
-                )
+                raise _Failed(_(
+                    "expected {name} or ({name}, cache), but your function returned a tuple "
+                    "of {n} items."
+                ).format(name=name, n=len(result)))
             result = result[0]
         return (_as_array(result, name),)
     names = ", ".join(outputs)
-    expected = f"a tuple ({names})"
+    expected = _("a tuple ({names})").format(names=names)
     if result is None:
-        raise _Failed(f"your function returned None: did you forget `return {names}`?")
+        raise _Failed(_returned_none(names))
     if not isinstance(result, (tuple, list)):
-        raise _Failed(f"expected {expected}, but your function returned {_kind(result)}.")
+        raise _Failed(_("expected {expected}, but your function returned {kind}.").format(
+            expected=expected, kind=_kind(result)))
     if len(result) != len(outputs):
-        raise _Failed(
-            f"expected {expected}, but your function returned {len(result)} items."
-        )
+        raise _Failed(_("expected {expected}, but your function returned {n} items.").format(
+            expected=expected, n=len(result)))
     return tuple(_as_array(v, name) for v, name in zip(result, outputs, strict=True))
+
+
+def _returned_none(names: str) -> str:
+    """The message for a function that returned None instead of ``names``."""
+    return _("your function returned None: did you forget `return {names}`?").format(
+        names=names)
 
 
 def _as_array(value: Any, name: str) -> np.ndarray:
     """``value`` as a float64 array (NumPy arrays, torch tensors, nested lists, numbers)."""
     if value is None:
-        raise _Failed(f"{name} is None: did you forget to compute it?")
+        raise _Failed(_("{name} is None: did you forget to compute it?").format(name=name))
     if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU or requiring grad
         value = value.detach().cpu().numpy()
     try:
@@ -248,15 +264,17 @@ def _as_array(value: Any, name: str) -> np.ndarray:
     except Exception:
         array = np.asarray(None)
     if array.dtype.kind not in "fiu":
-        raise _Failed(f"{name} should be an array of floats, but it is {_kind(value)}.")
+        raise _Failed(_("{name} should be an array of floats, but it is {kind}.").format(
+            name=name, kind=_kind(value)))
     return array.astype(np.float64)
 
 
 def _kind(value: Any) -> str:
     """'an object of type ndarray with shape (4, 3)': what the reader's function returned."""
     shape = getattr(value, "shape", None)
-    with_shape = f" with shape {tuple(shape)}" if shape is not None else ""
-    return f"an object of type {type(value).__name__}{with_shape}"
+    kind = (_("an object of type {type} with shape {shape}") if shape is not None
+            else _("an object of type {type}"))
+    return kind.format(type=type(value).__name__, shape=None if shape is None else tuple(shape))
 
 
 def _close(got: np.ndarray, want: np.ndarray, case: _Case | None = None) -> bool:
@@ -293,10 +311,10 @@ def _diagnose(
     outputs = range(len(ex.outputs))
     for mistake, variant in zip(ex.mistakes, variants, strict=True):
         if all(_agree(got, variant, k, cases) for k in outputs):
-            return mistake.hint
+            return _(mistake.hint)
     hints = {ex.case_hints.get(c.name) for c in bad}
     if len(hints) == 1 and None not in hints:
-        return hints.pop()
+        return _(hints.pop())
     explained: dict[str, list[str]] = {}  # hint -> names of the outputs it explains
     unexplained = []
     for k in (k for k in outputs if not _agree(got, want, k, cases)):
@@ -307,14 +325,15 @@ def _diagnose(
             unexplained.append(k)
         else:
             explained.setdefault(hint, []).append(ex.outputs[k])
-    lines = [
-        hint if hint.startswith(tuple(names)) else f"{' and '.join(names)}: {hint}"
+    lines = [  # "dx: hint", or the hint alone when it starts by naming the output
+        _(hint) if hint.startswith(tuple(names)) else _(" and ").join(names) + ": " + _(hint)
         for hint, names in explained.items()
     ]
     lines += [_describe_error(ex.outputs[k], [g[k] for g in got], [w[k] for w in want], cases)
               for k in unexplained]
     if unexplained:
-        lines.append(f"No mistake this checker knows matches; the right formula: {ex.formula}")
+        lines.append(_("No mistake this checker knows matches; the right formula: {formula}")
+                     .format(formula=_(ex.formula)))
     return "\n".join(lines)
 
 
@@ -324,23 +343,25 @@ def _describe_error(
     """The facts about one wrong output: shape, NaN/inf, or the largest error and where."""
     bad = [i for i in range(len(cases)) if not _close(got[i], want[i], cases[i])]
     g, w = got[bad[0]], want[bad[0]]
-    where = f"in {len(bad)} of {len(cases)} cases, first on {cases[bad[0]].describe()}"
+    where = _("in {n_bad} of {n} cases, first on {case}").format(
+        n_bad=len(bad), n=len(cases), case=cases[bad[0]].describe())
     if g.shape != w.shape:
-        flipped = " (transposed?)" if g.ndim > 1 and g.shape == w.shape[::-1] else ""
-        return f"{name} has shape {g.shape} instead of {w.shape}{flipped} {where}."
+        flipped = _(" (transposed?)") if g.ndim > 1 and g.shape == w.shape[::-1] else ""
+        return _("{name} has shape {shape} instead of {expected}{transposed} {where}.").format(
+            name=name, shape=g.shape, expected=w.shape, transposed=flipped, where=where)
     if not np.isfinite(g).all():
         i = tuple(np.argwhere(~np.isfinite(g))[0])
-        return (
-            f"{name} contains {g[i]} {where}: at {name}[{_index(i)}], where the right value "
-            f"is {w[i]:.6g}. NaN or inf usually comes from dividing by zero or taking the "
-            "square root of a negative number."
-        )
+        return _(
+            "{name} contains {value} {where}: at {name}[{index}], where the right value is "
+            "{right:.6g}. NaN or inf usually comes from dividing by zero or taking the square "
+            "root of a negative number."
+        ).format(name=name, value=g[i], where=where, index=_index(i), right=w[i])
     i = np.unravel_index(np.argmax(np.abs(g - w)), g.shape)
     expected, actual = _distinct(float(w[i]), float(g[i]))
-    return (
-        f"{name} is wrong {where}. The largest error is at {name}[{_index(i)}]: "
-        f"expected {expected}, got {actual}."
-    )
+    return _(
+        "{name} is wrong {where}. The largest error is at {name}[{index}]: expected "
+        "{expected}, got {actual}."
+    ).format(name=name, where=where, index=_index(i), expected=expected, actual=actual)
 
 
 def _distinct(a: float, b: float) -> tuple[str, str]:

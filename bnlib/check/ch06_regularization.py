@@ -21,6 +21,7 @@ from bnlib.check._core import (
     _unpack,
     _verdict,
 )
+from bnlib.check._i18n import _
 
 # --------------------------------------------------------------------------- dropout
 # Dropout's output is random, so it cannot be compared with a right answer entry by entry.
@@ -50,11 +51,13 @@ def _dropout_run(fn: Callable[..., Any], x: np.ndarray, p: float, training: bool
     except _Failed as failure:
         raise _Failed(str(failure), case.name) from None
     if y.shape != x.shape:
-        raise _Failed(f"y has shape {y.shape} but x has shape {x.shape}, on {case.describe()}: "
-                      "dropout keeps the shape (a mask of x's shape, multiplied entry by entry).",
-                      case.name)
+        raise _Failed(_(
+            "y has shape {shape} but x has shape {x_shape}, on {case}: dropout keeps the shape "
+            "(a mask of x's shape, multiplied entry by entry)."
+        ).format(shape=y.shape, x_shape=x.shape, case=case.describe()), case.name)
     if not np.all(np.isfinite(y)):
-        raise _Failed(f"y contains NaN or inf on {case.describe()}.", case.name)
+        raise _Failed(_("y contains NaN or inf on {case}.").format(case=case.describe()),
+                      case.name)
     return y
 
 
@@ -62,17 +65,18 @@ def _dropout_eval_problem(x: np.ndarray, y: np.ndarray, p: float) -> str | None:
     if np.allclose(y, x, rtol=_DROPOUT_RTOL, atol=0):
         return None
     if np.allclose(y, (1 - p) * x, rtol=_DROPOUT_RTOL, atol=0):
-        return ("in evaluation you multiplied x by (1 - p): that is the original dropout, "
-                "which does not rescale in training. Inverted dropout already divided the kept "
-                "units by (1 - p) in training, so evaluation returns x unchanged.")
+        return _("in evaluation you multiplied x by (1 - p): that is the original dropout, "
+                 "which does not rescale in training. Inverted dropout already divided the "
+                 "kept units by (1 - p) in training, so evaluation returns x unchanged.")
     if np.allclose(y, x / (1 - p), rtol=_DROPOUT_RTOL, atol=0):
-        return ("in evaluation you divided x by (1 - p): the rescaling belongs to training "
-                "only; with training=False return x unchanged.")
+        return _("in evaluation you divided x by (1 - p): the rescaling belongs to training "
+                 "only; with training=False return x unchanged.")
     if np.mean(y == 0) > 0.01:
-        return ("you drop units in evaluation too (training=False gave zeros): at test time "
-                "every unit is used, so return x unchanged when training is False.")
-    return ("with training=False y should equal x (inverted dropout needs no rescaling in "
-            f"evaluation); the largest difference is {np.max(np.abs(y - x)):.3g}.")
+        return _("you drop units in evaluation too (training=False gave zeros): at test time "
+                 "every unit is used, so return x unchanged when training is False.")
+    return _("with training=False y should equal x (inverted dropout needs no rescaling in "
+             "evaluation); the largest difference is {difference:.3g}.").format(
+        difference=np.max(np.abs(y - x)))
 
 
 def _dropout_train_problem(x: np.ndarray, y: np.ndarray, p: float) -> str | None:
@@ -84,41 +88,44 @@ def _dropout_train_problem(x: np.ndarray, y: np.ndarray, p: float) -> str | None
         return ratio.size > 0 and bool(np.allclose(ratio, c, rtol=_DROPOUT_RTOL, atol=0))
 
     near = lambda f: abs(frac - f) < _DROPOUT_FRACTION_TOL  # noqa: E731
-    where = f"with p={p}, a fraction {frac:.3f} of the entries is zero"
     if not near(p) and near(1 - p):
         if scaled_by(1 / p) or scaled_by(1.0):
-            return (f"{where}, not p: you read p as the probability to KEEP a unit. In this "
-                    "book (and PyTorch) p is the probability to DROP one: keep with "
-                    "probability 1 - p and scale the kept units by 1 / (1 - p).")
-        return (f"{where}, about 1 - p: your mask keeps a unit when the uniform number is "
-                "below p (`rng.random(x.shape) < p`), which keeps a fraction p. Keep it when "
-                "`rng.random(x.shape) >= p`, so that a fraction p is dropped.")
+            return _("with p={p}, a fraction {frac:.3f} of the entries is zero, not p: you read "
+                     "p as the probability to KEEP a unit. In this book (and PyTorch) p is the "
+                     "probability to DROP one: keep with probability 1 - p and scale the kept "
+                     "units by 1 / (1 - p).").format(p=p, frac=frac)
+        return _("with p={p}, a fraction {frac:.3f} of the entries is zero, about 1 - p: your "
+                 "mask keeps a unit when the uniform number is below p "
+                 "(`rng.random(x.shape) < p`), which keeps a fraction p. Keep it when "
+                 "`rng.random(x.shape) >= p`, so that a fraction p is dropped.").format(
+            p=p, frac=frac)
     if scaled_by(1 / (1 - p)):
         pass
     elif scaled_by(1.0):
-        return ("the kept units are not rescaled: multiply them by 1 / (1 - p) in training "
-                "(inverted dropout), so that E[y] = x and evaluation needs no rescaling.")
+        return _("the kept units are not rescaled: multiply them by 1 / (1 - p) in training "
+                 "(inverted dropout), so that E[y] = x and evaluation needs no rescaling.")
     elif scaled_by(1 - p):
-        return ("you multiplied the kept units by (1 - p); inverted dropout DIVIDES them by "
-                "(1 - p), so that the expected output equals x.")
+        return _("you multiplied the kept units by (1 - p); inverted dropout DIVIDES them by "
+                 "(1 - p), so that the expected output equals x.")
     elif scaled_by(1 / p):
-        return ("you divided the kept units by p; divide by the keep probability 1 - p, so "
-                "that the expected output equals x.")
+        return _("you divided the kept units by p; divide by the keep probability 1 - p, so "
+                 "that the expected output equals x.")
     else:
-        return ("every entry of y should be either 0 (dropped) or x / (1 - p) (kept); the "
-                f"kept entries are x times values from {ratio.min():.4g} to {ratio.max():.4g} "
-                f"(expected {1 / (1 - p):.4g}).")
+        return _("every entry of y should be either 0 (dropped) or x / (1 - p) (kept); the "
+                 "kept entries are x times values from {low:.4g} to {high:.4g} (expected "
+                 "{scale:.4g}).").format(low=ratio.min(), high=ratio.max(), scale=1 / (1 - p))
     rows = kept.reshape(len(kept), -1)
     if len(rows) > 1 and np.all(rows == rows[0]):
-        return ("every example in the batch has the same mask: one mask shared across the "
-                "batch. Draw a mask of x's full shape, `rng.random(x.shape)`, not one of "
-                "shape (D,) broadcast over the rows.")
+        return _("every example in the batch has the same mask: one mask shared across the "
+                 "batch. Draw a mask of x's full shape, `rng.random(x.shape)`, not one of "
+                 "shape (D,) broadcast over the rows.")
     if np.all(rows.all(axis=1) | ~rows.any(axis=1)):
-        return ("you drop whole examples (every row is kept or zeroed as a whole): draw one "
-                "number per entry, `rng.random(x.shape)`, not one per row.")
+        return _("you drop whole examples (every row is kept or zeroed as a whole): draw one "
+                 "number per entry, `rng.random(x.shape)`, not one per row.")
     if not near(p):
-        return (f"{where}, expected about p: drop each entry independently with probability "
-                "p, e.g. `keep = rng.random(x.shape) >= p`.")
+        return _("with p={p}, a fraction {frac:.3f} of the entries is zero, expected about p: "
+                 "drop each entry independently with probability p, e.g. "
+                 "`keep = rng.random(x.shape) >= p`.").format(p=p, frac=frac)
     return None
 
 
@@ -146,28 +153,29 @@ def dropout_forward(fn: Callable[..., Any]) -> bool:
                 raise _Failed(problem, f"evaluation, {name}")
             y = _dropout_run(fn, x, p, True, seed, f"training, {name}")
             if problem := _dropout_train_problem(x, y, p):
-                raise _Failed(f"{problem} (case: training, {name})", f"training, {name}")
+                raise _Failed(_("{problem} (case: {case})").format(
+                    problem=problem, case=f"training, {name}"), f"training, {name}")
             checks += 2
         x = _dropout_inputs((200, 20), 4)
         y = _dropout_run(fn, x, 0.0, True, 4, "training, p=0")
         if not np.allclose(y, x, rtol=_DROPOUT_RTOL, atol=0):
-            raise _Failed("with p=0 nothing should be dropped or rescaled (y = x), but y "
-                          "differs from x.", "training, p=0")
+            raise _Failed(_("with p=0 nothing should be dropped or rescaled (y = x), but y "
+                            "differs from x."), "training, p=0")
         case = _Case("two calls", {"x": x, "p": 0.5, "training": True,
                                    "rng": np.random.default_rng(5)})
-        first, second = (_unpack(_call(fn, case), ("y",))[0] for _ in range(2))
+        first, second = (_unpack(_call(fn, case), ("y",))[0] for _call_number in range(2))
         if np.array_equal(first != 0, second != 0):
-            raise _Failed("two calls with the same generator gave the same mask: the mask must "
-                          "be new on every call. Draw it from the `rng` argument each time; "
-                          "do not create a generator with a fixed seed inside your function.",
-                          case.name)
-        again = [_dropout_run(fn, x, 0.5, True, 6, "same seed") for _ in range(2)]
+            raise _Failed(_("two calls with the same generator gave the same mask: the mask "
+                            "must be new on every call. Draw it from the `rng` argument each "
+                            "time; do not create a generator with a fixed seed inside your "
+                            "function."), case.name)
+        again = [_dropout_run(fn, x, 0.5, True, 6, "same seed") for _call_number in range(2)]
         if not np.array_equal(again[0], again[1]):
-            raise _Failed("two fresh generators with the same seed gave different masks: your "
-                          "mask does not come from the `rng` argument (np.random.* or torch's "
-                          "global generator?). Draw it with `rng.random(x.shape)`, so runs are "
-                          "reproducible.", "same seed")
-        return f"all {checks + 3} checks pass"
+            raise _Failed(_("two fresh generators with the same seed gave different masks: "
+                            "your mask does not come from the `rng` argument (np.random.* or "
+                            "torch's global generator?). Draw it with `rng.random(x.shape)`, so "
+                            "runs are reproducible."), "same seed")
+        return _("all {n} checks pass").format(n=checks + 3)
 
     return _verdict("dropout_forward", run)
 
@@ -272,7 +280,7 @@ def dropout_backward(fn: Callable[..., Any]) -> bool:
         for case in cases:
             (dx,) = _outputs(_DROPOUT_BACKWARD, fn, case)
             if _mask_problem(dx, case.args["keep"]):
-                raise _Failed(_FRESH_MASK, case.name)
+                raise _Failed(_(_FRESH_MASK), case.name)
         return _compare(_DROPOUT_BACKWARD, fn, cases)
 
     return _verdict(_DROPOUT_BACKWARD.name, run)

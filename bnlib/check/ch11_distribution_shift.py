@@ -26,9 +26,11 @@ from bnlib.check._core import (
     _kind,
     _Mistake,
     _NotDone,
+    _raised,
+    _returned_none,
     _verdict,
-    _where,
 )
+from bnlib.check._i18n import _
 from bnlib.torch_bn import BatchNorm
 
 # --------------------------------------------------------------------------- AdaBN by hand
@@ -460,52 +462,58 @@ def _tent_call(fn: Callable[..., Any], name: str, model: nn.Module) -> Any:
     except NotImplementedError:
         raise _NotDone from None
     except Exception as exc:
-        raise _Failed(f"your function raised {type(exc).__name__}: {exc}{_where(exc)}, on "
-                      f"{name}.", name) from None
+        raise _Failed(_raised(exc, name), name) from None
 
 
 def _selection(result: Any, name: str, model: nn.Module) -> frozenset[str]:
     """The names of the model's tensors in ``result``; anything but a list of them fails."""
     if result is None:
-        raise _Failed("your function returned None: did you forget `return params`?", name)
+        raise _Failed(_returned_none("params"), name)
     if isinstance(result, (set, frozenset)):
-        raise _Failed("your function returned a set: torch's optimizers refuse sets, whose "
-                      "order changes from run to run; return a list.", name)
+        raise _Failed(_("your function returned a set: torch's optimizers refuse sets, whose "
+                        "order changes from run to run; return a list."), name)
     if isinstance(result, torch.Tensor) or not isinstance(result, (list, tuple)):
-        raise _Failed("expected a list of parameters, but your function returned "
-                      f"{_kind(result)}.", name)
+        raise _Failed(_("expected a list of parameters, but your function returned "
+                        "{kind}.").format(kind=_kind(result)), name)
     own = {id(t): n for n, t in itertools.chain(model.named_parameters(),
                                                 model.named_buffers())}
     chosen = []
     for item in result:
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-            raise _Failed("your list holds (name, parameter) pairs, as `named_parameters()` "
-                          "gives them: return the parameters themselves.", name)
+            raise _Failed(_("your list holds (name, parameter) pairs, as `named_parameters()` "
+                            "gives them: return the parameters themselves."), name)
         if id(item) not in own:
-            raise _Failed(
-                f"your list holds {_kind(item)} that is not one of the model's tensors, on "
-                f"{name}: return the model's own Parameter objects (`m.weight`, `m.bias`), "
-                "not copies (`.clone()`, `.detach()`, `.data`) or new tensors, so that the "
-                "optimizer updates the model.", name)
+            raise _Failed(_(
+                "your list holds {kind} that is not one of the model's tensors, on {model}: "
+                "return the model's own Parameter objects (`m.weight`, `m.bias`), not copies "
+                "(`.clone()`, `.detach()`, `.data`) or new tensors, so that the optimizer "
+                "updates the model."
+            ).format(kind=_kind(item), model=name), name)
         chosen.append(own[id(item)])
     if len(set(chosen)) < len(chosen):
         twice = sorted({n for n in chosen if chosen.count(n) > 1})
-        raise _Failed(f"your list holds {', '.join(twice)} more than once, on {name}: list "
-                      "each parameter once.", name)
+        raise _Failed(_("your list holds {tensors} more than once, on {model}: list each "
+                        "parameter once.").format(tensors=", ".join(twice), model=name), name)
     return frozenset(chosen)
 
 
-def _describe_selection(got: frozenset[str], want: frozenset[str], model: nn.Module) -> str:
-    """'lacks 1.bias (BatchNorm2d) and also holds 4.weight (LayerNorm)': how ``got``
-    differs from ``want``."""
+def _describe_selection(name: str, got: frozenset[str], want: frozenset[str],
+                        model: nn.Module) -> str:
+    """'on <name> your list lacks 1.bias (BatchNorm2d) and also holds 4.weight (LayerNorm).':
+    how ``got`` differs from ``want``."""
 
     def labels(names: frozenset[str]) -> str:
         return ", ".join(f"{n} ({type(model.get_submodule(n.rpartition('.')[0])).__name__})"
                          for n in sorted(names))
 
-    parts = [f"{what} {labels(names)}"
-             for what, names in (("lacks", want - got), ("also holds", got - want)) if names]
-    return " and ".join(parts)
+    lacks, extra = want - got, got - want
+    if lacks and extra:
+        message = _("on {model} your list lacks {lacks} and also holds {extra}.")
+    elif lacks:
+        message = _("on {model} your list lacks {lacks}.")
+    else:
+        message = _("on {model} your list also holds {extra}.")
+    return message.format(model=name, lacks=labels(lacks), extra=labels(extra))
 
 
 def _tent_compare(fn: Callable[..., Any]) -> str:
@@ -518,16 +526,17 @@ def _tent_compare(fn: Callable[..., Any]) -> str:
     want = selections(_TENT.solution)
     got = [_selection(_tent_call(fn, name, model), name, model) for name, model in models]
     if got == want:
-        return f"all {len(models)} models pass"
+        return _("all {n} models pass").format(n=len(models))
     (name, model), g, w = next(t for t in zip(models, got, want) if t[1] != t[2])
-    buffers = [{n for n, _ in m.named_buffers()} for _, m in models]
+    buffers = [{n for n, _tensor in m.named_buffers()} for _name, m in models]
     if any(s & b for s, b in zip(got, buffers)):  # however many, with parameters or not
-        raise _Failed(_BUFFERS, name)
+        raise _Failed(_(_BUFFERS), name)
     hint = next((m.hint for m in _TENT.mistakes if selections(m.solution) == got), None)
     if hint is not None:
-        raise _Failed(hint, name)
-    raise _Failed(f"on {name} your list {_describe_selection(g, w, model)}. No mistake this "
-                  f"checker knows matches; the right choice: {_TENT.formula}", name)
+        raise _Failed(_(hint), name)
+    raise _Failed(_describe_selection(name, g, w, model) + " " + _(
+        "No mistake this checker knows matches; the right choice: {formula}"
+    ).format(formula=_(_TENT.formula)), name)
 
 
 def tent_parameters(fn: Callable[..., Any]) -> bool:
