@@ -9,8 +9,8 @@
    on every page.
 3. Every glossary entry links back to where the term is introduced: the first use of the
    term (its ``{term}`` role) in reading order, at the exact spot in the chapter.
-4. Every notebook page can also be downloaded as MyST Markdown (``.md``, written with
-   jupytext), next to the ``.ipynb`` and ``.pdf`` the theme offers.
+4. Every notebook page of the English edition can also be downloaded as MyST Markdown
+   (``.md``, written with jupytext), next to the ``.ipynb`` and ``.pdf`` the theme offers.
 5. A glossary term previews its definition on hover (a ``title``, as citations have).
 6. ``static/book.css``: nothing is clipped at any width. Code and outputs wrap, display
    equations scroll beside their number, tables scroll, figures keep a readable size.
@@ -127,23 +127,36 @@ def _reading_order(env: BuildEnvironment) -> list[str]:
     return order
 
 
+INTRODUCED = {"en": "Introduced in: ", "ko": "처음 나오는 곳: "}
+
+
 def _link_glossary_to_first_uses(app: Sphinx, doctree: nodes.document, docname: str) -> None:
     if not any(doctree.findall(addnodes.glossary)):
         return
     env = app.env
     uses = env.__dict__.get("bn_term_uses", {})
     rank = {doc: i for i, doc in enumerate(_reading_order(env))}
+    # Every name a term is known by, from its anchor: the Korean edition's term line reads
+    # "아핀 변환 (affine transformation)", but the chapters link the English name.
+    names: dict[str, set[str]] = {}
+    for (kind, name), (_doc, anchor) in env.domaindata["std"]["objects"].items():
+        if kind == "term":
+            names.setdefault(anchor, set()).add(name.lower())
     for item in doctree.findall(nodes.definition_list_item):
-        terms = [t.astext().lower() for t in item.findall(nodes.term)]
-        found = [(rank.get(d, len(rank)), d, a) for t in terms for d, a in uses.get(t, {}).items()
-                 if d != docname]
+        terms = {t.astext().lower() for t in item.findall(nodes.term)}
+        for term in item.findall(nodes.term):
+            for anchor in term["ids"]:
+                terms |= names.get(anchor, set())
+        found = [(rank.get(d, len(rank)), d, a) for t in sorted(terms)
+                 for d, a in uses.get(t, {}).items() if d != docname]
         if not found:
             continue
         _, target, anchor = min(found)
         uri = app.builder.get_relative_uri(docname, target) + "#" + anchor
         link = nodes.reference("", env.titles[target].astext(), refuri=uri,
                                classes=["first-use"])
-        para = nodes.paragraph("", "", nodes.emphasis("", "Introduced in: "), link)
+        para = nodes.paragraph("", "", nodes.emphasis("", INTRODUCED[app.config.language or "en"]),
+                               link)
         item.findall(nodes.definition).__next__().append(para)
 
 
@@ -187,8 +200,11 @@ def _preview_terms(app: Sphinx, doctree: nodes.document, docname: str) -> None:
 
 
 def _write_markdown_sources(app: Sphinx, exception: Exception | None) -> None:
-    """Write ``_sources/<doc>.md`` (MyST Markdown, via jupytext) for every notebook page."""
-    if exception is not None or app.builder.format != "html":
+    """Write ``_sources/<doc>.md`` (MyST Markdown, via jupytext) for every notebook page.
+
+    The English edition only: the source is English (the Korean edition offers the Korean
+    exercise notebook)."""
+    if exception is not None or app.builder.format != "html" or app.config.language != "en":
         return
     for docname in app.env.found_docs:
         source = Path(app.env.doc2path(docname))
@@ -201,7 +217,7 @@ def _write_markdown_sources(app: Sphinx, exception: Exception | None) -> None:
 
 def _add_markdown_download(app: Sphinx, pagename: str, templatename: str, context: dict,
                            doctree) -> None:
-    if context.get("page_source_suffix") != ".ipynb":
+    if context.get("page_source_suffix") != ".ipynb" or app.config.language != "en":
         return
     for group in context.get("header_buttons", []):
         if group.get("label") == "download-buttons":

@@ -13,7 +13,13 @@ Sphinx leaves out:
    the Korean build looks it up in the page's catalog.
 3. Exercise titles are translated too: sphinx-exercise builds them without a source line,
    which Sphinx's i18n needs to pick a message; they get one before it runs.
-4. The Korean glossary leads with the Korean term, "배치 정규화 (batch normalization)", and is
+4. The parts' captions in the table of contents are translated too: Jupyter Book inserts the
+   toctrees after Sphinx's i18n has run.
+5. The theme speaks the edition's language: ``locale/<lang>/LC_MESSAGES/sphinx.po`` adds
+   the pydata theme's interface strings (Sphinx reads the project's catalogs for its own
+   domain first), ``booktheme.po`` those of sphinx-book-theme, ahead of its own catalog,
+   and the search box's placeholder is set here.
+6. The Korean glossary leads with the Korean term, "배치 정규화 (batch normalization)", and is
    sorted by it. The source lists the Korean name as a second term under the English one;
    that line is dropped where the translated first term already carries it.
 """
@@ -33,6 +39,10 @@ from sphinx.util.i18n import docname_to_domain
 EDITIONS = {"en": ("English", ""), "ko": ("한국어", "ko/")}  # language: (name, path under html/)
 TITLES = {"en": "Batch Normalization, from scratch to fast",
           "ko": "배치 정규화, 밑바닥부터 빠른 구현까지"}
+# The footer's licence line (_config.yml holds the English one)
+FOOTERS = {"ko": (
+    '<p lang="ko">글은 <a href="{repo}/blob/main/LICENSE-TEXT">CC BY 4.0</a>, 코드(bnlib, 노트북의 '
+    '코드 셀)는 <a href="{repo}/blob/main/LICENSE">MIT 라이선스</a>를 따른다.</p>')}
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
 
@@ -90,13 +100,20 @@ def _hand_alt_text_to_gettext(app: Sphinx, doctree: nodes.document, docname: str
             title.source, title.line = exercise.source, exercise.line
 
 
-def _translate_alt_text(app: Sphinx, doctree: nodes.document, docname: str) -> None:
-    if language(app) == "en" or app.builder.format != "html":
-        return
+def page_catalog(app: Sphinx, docname: str):
+    """The page's compiled catalog in the edition's language (a gettext translations object),
+    or ``None`` when there is none."""
     dirs = [str(Path(app.srcdir) / d) for d in app.config.locale_dirs]
     domain = docname_to_domain(docname, app.config.gettext_compact)
     catalog, found = init_locale(dirs, language(app), domain)
-    if not found:
+    return catalog if found else None
+
+
+def _translate_alt_text(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    if language(app) == "en" or app.builder.format != "html":
+        return
+    catalog = page_catalog(app, docname)
+    if catalog is None:
         return
     for image in doctree.findall(nodes.image):
         if image.get("alt"):
@@ -118,6 +135,50 @@ class ExerciseTitleSource(SphinxTransform):
                 continue
             node.rawsource = node.rawsource or node.astext()
             node.source = self.env.doc2path(self.env.docname)
+
+
+class TocCaptions(SphinxTransform):
+    """Translate the captions of the toctrees that sphinx-external-toc inserts (its transform
+    runs at priority 100, after Sphinx's Locale at 20; the collector reads them at 880)."""
+
+    default_priority = 150
+
+    def apply(self, **kwargs) -> None:
+        if (self.config.language or "en") == "en":
+            return
+        toctrees = [n for n in self.document.findall(addnodes.toctree) if n.get("caption")]
+        catalog = page_catalog(self.app, self.env.docname) if toctrees else None
+        for toctree in toctrees if catalog is not None else []:
+            toctree["caption"] = catalog.gettext(toctree["caption"])
+            toctree["rawcaption"] = toctree["caption"]
+
+
+# --------------------------------------------------------------------------- the theme
+
+SEARCH_BAR = {"ko": "이 책에서 검색..."}
+
+
+def _theme_in_language(app: Sphinx) -> None:
+    lang = language(app)
+    if lang == "en" or app.builder.format != "html":
+        return
+    import gettext
+
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+    from sphinx import locale
+
+    folder = Path(app.srcdir) / app.config.locale_dirs[0] / lang / "LC_MESSAGES"
+    with (folder / "booktheme.po").open("rb") as f:
+        catalog = read_po(f)
+    with (folder / "booktheme.mo").open("wb") as f:
+        write_mo(f, catalog)
+    ours = gettext.translation("booktheme", localedir=folder.parent.parent, languages=[lang])
+    theirs = locale.translators.get(("general", "booktheme"))
+    if theirs is not None:
+        ours.add_fallback(theirs)
+    locale.translators["general", "booktheme"] = ours
+    app.config.html_theme_options["search_bar_text"] = SEARCH_BAR[lang]
 
 
 # --------------------------------------------------------------------------- the Korean glossary
@@ -145,7 +206,9 @@ def setup(app: Sphinx) -> dict:
     app.connect("doctree-resolved", _hand_alt_text_to_gettext)
     app.connect("doctree-resolved", _translate_alt_text)
     app.connect("doctree-read", _korean_glossary)
+    app.connect("builder-inited", _theme_in_language)
     app.add_transform(ExerciseTitleSource)
+    app.add_transform(TocCaptions)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 
@@ -172,6 +235,8 @@ def edition_config(language: str, execute: str | None = None) -> str:
         config["execute"]["execute_notebooks"] = execute
     config["html"]["baseurl"] = config["html"]["baseurl"].rstrip("/") + "/" + \
         EDITIONS[language][1]
+    if language in FOOTERS:
+        config["html"]["extra_footer"] = FOOTERS[language].format(repo=config["repository"]["url"])
     return yaml.safe_dump(config, allow_unicode=True, sort_keys=False)
 
 
