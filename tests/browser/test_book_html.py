@@ -9,7 +9,12 @@ element of the page and fails on any that is clipped or runs out of its column w
 scroll bar, and on an equation number drawn over its formula. It also checks that no page
 shows a frozen progress bar, an internal equation label or production vocabulary, that
 glossary terms preview their definition, and searches the book for a known term.
-Screenshots land in `_build/screenshots/` for the record.
+
+Every page is opened in both editions, the English one at `_build/html/` and the Korean one
+at `_build/html/ko/`. The Korean pages must also be marked `lang="ko"`, draw their Hangul in
+a CJK font (Chromium reports the platform fonts it used; CI installs Debian's
+`fonts-noto-cjk`), link to the same page in English and back, and hand out the Korean
+student notebook. Screenshots land in `_build/screenshots/` for the record.
 """
 
 from __future__ import annotations
@@ -156,18 +161,49 @@ def visit(browser, server):
 
 
 PAGES = toc_pages()
+EDITIONS = {"en": "", "ko": "ko/"}  # language: the edition's folder under _build/html
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
 
-@pytest.mark.parametrize("page_path", PAGES)
-def test_page_loads_cleanly_and_renders(visit, page_path):
-    v = visit(page_path)
+def both(pages: list[str]) -> list:
+    """``pages`` in both editions, as pytest parameters ``(language, page)``."""
+    return [pytest.param(lang, p, id=f"{lang}-{p}") for lang in EDITIONS for p in pages]
+
+
+def fonts_of_korean_text(page) -> dict[str, int]:
+    """The platform fonts Chromium drew the page's first Korean paragraph (or list item,
+    term, table cell) with: family -> glyph count. Empty when the page has none."""
+    found = page.evaluate("""() => {
+      const el = Array.from(document.querySelectorAll('main p, main li, main dt, main td'))
+        .find(e => /[\\uac00-\\ud7a3]/.test(Array.from(e.childNodes)
+          .filter(n => n.nodeType === 3).map(n => n.textContent).join('')));
+      if (el) el.id = el.id || 'bn-korean-probe';
+      return el ? el.id : null;
+    }""")
+    if found is None:
+        return {}
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": f"[id='{found}']"})["nodeId"]
+    fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    cdp.detach()
+    return {f["familyName"]: f["glyphCount"] for f in fonts}
+
+
+@pytest.mark.parametrize(("lang", "page_path"), both(PAGES))
+def test_page_loads_cleanly_and_renders(visit, lang, page_path):
+    v = visit(EDITIONS[lang] + page_path)
     page = v.page
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{page_path.replace('/', '__')}.png"), full_page=True)
+    shot = f"{EDITIONS[lang]}{page_path}".replace("/", "__")
+    page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
 
     assert not v.console_errors, f"console errors: {v.console_errors}"
     assert not v.failed, f"failed requests: {v.failed}"
     assert not v.third_party, f"requests to third-party hosts: {v.third_party}"
+    assert page.locator("html").get_attribute("lang") == lang
 
     main = page.locator("main")
     assert "$$" not in main.inner_text(), "raw $$ left: MathJax did not render some math"
@@ -182,10 +218,41 @@ def test_page_loads_cleanly_and_renders(visit, page_path):
     )
     assert not broken, f"images that did not load: {broken}"
 
+    other = "ko" if lang == "en" else "en"
+    link = page.locator(f"nav.bn-edition a[hreflang='{other}']")
+    assert link.count() == 1, "every page links to the same page in the other edition"
+    target = urlparse(page.evaluate("a => a.href", link.element_handle())).path
+    assert target == f"/{EDITIONS[other]}{page_path}.html", f"the edition link goes to {target}"
 
-@pytest.mark.parametrize("page_path", [p for p in PAGES if (ROOT / f"{p}.ipynb").exists()])
-def test_notebook_page_has_figures_solutions_and_colab(visit, page_path):
-    v = visit(page_path)
+    if lang == "ko":
+        text = main.inner_text()
+        assert HANGUL.search(page.locator("main h1").last.inner_text()), "an English page title"
+        if page_path != "book/bibliography":  # a list of English references
+            assert len(HANGUL.findall(text)) > 0.2 * len(re.findall(r"[A-Za-z]", text)), (
+                "a Korean page should be mostly Korean")
+            fonts = fonts_of_korean_text(page)
+            assert any("CJK" in f and n > 0 for f, n in fonts.items()), (
+                f"Hangul drawn without a CJK font: {fonts}")
+
+
+def test_edition_links_work_both_ways(visit):
+    v = visit("book/04_running_statistics")
+    v.page.locator("nav.bn-edition a").click()
+    v.page.wait_for_load_state("load")
+    assert v.page.url.endswith("/ko/book/04_running_statistics.html")
+    assert v.page.locator("html").get_attribute("lang") == "ko"
+    assert HANGUL.search(v.page.locator("main h1").last.inner_text())
+    v.page.locator("nav.bn-edition a").click()
+    v.page.wait_for_load_state("load")
+    assert v.page.url.endswith("/book/04_running_statistics.html")
+    assert "/ko/" not in v.page.url
+    assert v.page.locator("html").get_attribute("lang") == "en"
+
+
+@pytest.mark.parametrize(("lang", "page_path"),
+                         both([p for p in PAGES if (ROOT / f"{p}.ipynb").exists()]))
+def test_notebook_page_has_figures_solutions_and_colab(visit, lang, page_path):
+    v = visit(EDITIONS[lang] + page_path)
     page = v.page
     assert page.locator("main img").count() > 0, "a chapter should show its figures"
     for ref_page in ("notation", "glossary", "bibliography"):
@@ -196,6 +263,11 @@ def test_notebook_page_has_figures_solutions_and_colab(visit, page_path):
         ".filter(img => !(img.getAttribute('alt') || '').trim()).length"
     )
     assert no_alt == 0, f"{no_alt} figures have no alt text (set mystnb.image.alt)"
+    if lang == "ko":
+        alts = page.evaluate("() => Array.from(document.querySelectorAll('.cell_output img'))"
+                             ".map(img => img.getAttribute('alt'))")
+        english = [a for a in alts if not HANGUL.search(a)]
+        assert not english, f"alt text left in English: {english[:2]}"
 
     # sphinx-exercise renders a solution as an admonition; sphinx-togglebutton hides its
     # body until the title is clicked.
@@ -213,53 +285,76 @@ def test_notebook_page_has_figures_solutions_and_colab(visit, page_path):
     repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
     branch = CONFIG["repository"].get("branch", "main")
     name = page_path.split("/")[-1]
-    expected = (f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/"
+    folder = "notebooks/" if lang == "en" else f"notebooks/{lang}/"
+    expected = (f"https://colab.research.google.com/github/{repo}/blob/{branch}/{folder}"
                 f"{name}.ipynb")
     links = page.locator("a[href*='colab.research.google.com']")
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
     assert expected in hrefs, f"Colab link should be {expected}, found {hrefs}"
 
 
-def test_notebook_pages_offer_the_student_notebook_and_md_downloads(visit):
-    v = visit("book/03_bn_algorithm")
-    for href in ("_notebooks/03_bn_algorithm.ipynb", "_sources/book/03_bn_algorithm.md"):
+@pytest.mark.parametrize("lang", EDITIONS)
+def test_notebook_pages_offer_the_student_notebook_and_md_downloads(visit, lang):
+    v = visit(EDITIONS[lang] + "book/03_bn_algorithm")
+    base = f"{v.base}/{EDITIONS[lang]}"
+    downloads = ["_notebooks/03_bn_algorithm.ipynb"]
+    if lang == "en":  # the MyST source is English; the Korean edition offers no .md
+        downloads.append("_sources/book/03_bn_algorithm.md")
+    for href in downloads:
         link = v.page.locator(f"a[href$='{href}']")
         assert link.count() == 1, f"no download link to {href}"
-        response = v.page.request.get(f"{v.base}/{href}")
-        assert response.ok and "Batch Normalization" in response.text()
-    notebook = v.page.request.get(f"{v.base}/_notebooks/03_bn_algorithm.ipynb").json()
+        response = v.page.request.get(f"{base}{href}")
+        assert response.ok and ("Batch Normalization" if lang == "en" else "배치 정규화") in (
+            response.text())
+    text = v.page.request.get(f"{base}_notebooks/03_bn_algorithm.ipynb").text()
+    notebook = v.page.request.get(f"{base}_notebooks/03_bn_algorithm.ipynb").json()
     assert notebook["metadata"]["bnbook"]["kind"] == "student"
-    assert "{term}" not in v.page.request.get(f"{v.base}/_notebooks/03_bn_algorithm.ipynb").text()
+    assert notebook["metadata"]["bnbook"]["language"] == lang
+    assert "{term}" not in text
+    assert ("배치 정규화" in text) == (lang == "ko")
 
 
-def test_glossary_entries_link_to_where_each_term_is_introduced(visit):
-    v = visit("book/glossary")
-    terms = v.page.locator("dl.glossary > dt")
+@pytest.mark.parametrize("lang", EDITIONS)
+def test_glossary_entries_link_to_where_each_term_is_introduced(visit, lang):
+    v = visit(EDITIONS[lang] + "book/glossary")
+    entries = v.page.locator("dl.glossary > dt + dd")
     links = v.page.locator("dl.glossary a.first-use")
-    assert links.count() >= 0.8 * terms.count() / 2, "most entries (two names each) need a link"
+    assert links.count() >= 0.8 * entries.count(), "most entries need a link"
     href = links.first.get_attribute("href")
     page, anchor = href.split("#")
-    v.page.goto(f"{v.base}/book/{page}#{anchor}", wait_until="load")
+    v.page.goto(f"{v.base}/{EDITIONS[lang]}book/{page}#{anchor}", wait_until="load")
     assert v.page.locator(f"[id='{anchor}']").count() == 1, f"{href} points at no element"
 
 
-def test_korean_glossary_text_is_marked_korean(visit):
+def test_english_glossary_gives_korean_names_marked_korean(visit):
     v = visit("book/glossary")
     korean = v.page.locator("dl.glossary > dt[lang='ko']")
-    assert korean.count() >= 0.9 * v.page.locator("dl.glossary > dt").count() / 2
+    assert korean.count() >= 0.9 * v.page.locator("dl.glossary > dt + dd").count()
     assert any("배치 정규화" in t for t in korean.all_inner_texts())
-    assert v.page.locator("dl.glossary > dd > p[lang='ko']").count() >= korean.count() * 0.9
     english = v.page.locator("dl.glossary > dt", has_text="batch normalization").first
     assert english.get_attribute("lang") is None
 
 
-def test_search_finds_a_known_term(visit):
-    v = visit("search")
-    v.page.goto(f"{v.base}/search.html?q=covariate", wait_until="load")
+def test_korean_glossary_leads_with_the_korean_term_in_korean_order(visit):
+    v = visit("ko/book/glossary")
+    heads = v.page.locator("dl.glossary > dt").all_inner_texts()
+    entries = v.page.locator("dl.glossary > dt + dd").count()
+    assert len(heads) == entries, "one term line per entry: the Korean name leads"
+    assert all(HANGUL.search(h) and re.search(r"\([^)]*[A-Za-z][^)]*\)", h) for h in heads), (
+        "every entry reads 'Korean (English)'")
+    assert "배치 정규화 (batch normalization)" in [h.strip().rstrip("#").strip() for h in heads]
+    korean = [h for h in heads if HANGUL.match(h)]
+    assert korean == sorted(korean), "entries are sorted by their Korean term"
+
+
+@pytest.mark.parametrize(("lang", "word"), [("en", "covariate"), ("ko", "공변량")])
+def test_search_finds_a_known_term(visit, lang, word):
+    v = visit(EDITIONS[lang] + "search")
+    v.page.goto(f"{v.base}/{EDITIONS[lang]}search.html?q={word}", wait_until="load")
     results = v.page.locator("#search-results li")
     results.first.wait_for(timeout=15_000)
     texts = [t.lower() for t in results.all_inner_texts()]
-    assert any("covariate" in t for t in texts), f"no result mentions the term: {texts}"
+    assert any(word in t for t in texts), f"no result mentions the term: {texts}"
 
 
 # --------------------------------------------------------------------------- layout and words
@@ -302,9 +397,9 @@ CLIPPED_JS = """() => {
 
 
 @pytest.mark.parametrize("width", [1280, 400])
-@pytest.mark.parametrize("page_path", PAGES)
-def test_nothing_is_clipped(visit, page_path, width):
-    v = visit(page_path, width)
+@pytest.mark.parametrize(("lang", "page_path"), both(PAGES))
+def test_nothing_is_clipped(visit, lang, page_path, width):
+    v = visit(EDITIONS[lang] + page_path, width)
     clipped = v.page.evaluate(CLIPPED_JS)
     assert not clipped, f"{len(clipped)} clipped at {width} px: " + "; ".join(clipped[:8])
 
@@ -321,9 +416,9 @@ PRODUCTION_WORDS = re.compile(
 FROZEN_BAR = re.compile(r"\d+%\|[^\n]*\|\s*\d+/\d+|it/s\]")
 
 
-@pytest.mark.parametrize("page_path", PAGES)
-def test_no_frozen_bars_internal_labels_or_production_words(visit, page_path):
-    text = visit(page_path).page.locator("main").inner_text()
+@pytest.mark.parametrize(("lang", "page_path"), both(PAGES))
+def test_no_frozen_bars_internal_labels_or_production_words(visit, lang, page_path):
+    text = visit(EDITIONS[lang] + page_path).page.locator("main").inner_text()
     assert not FROZEN_BAR.search(text), f"a progress bar: {FROZEN_BAR.search(text)[0]!r}"
     leaked = sorted(label for label in equation_labels() if f"({label})" in text)
     assert not leaked, f"internal equation labels shown to readers: {leaked}"
@@ -331,8 +426,10 @@ def test_no_frozen_bars_internal_labels_or_production_words(visit, page_path):
     assert not found, f"production vocabulary on the page: {found[0]!r}"
 
 
-def test_glossary_terms_preview_their_definition(visit):
-    v = visit("book/03_bn_algorithm")
+@pytest.mark.parametrize(("lang", "start"),
+                         [("en", "Normalizing each feature"), ("ko", "층 입력의")])
+def test_glossary_terms_preview_their_definition(visit, lang, start):
+    v = visit(EDITIONS[lang] + "book/03_bn_algorithm")
     term = v.page.locator("main a[href*='glossary.html#term-batch-normalization']").first
     title = term.get_attribute("title") or ""
-    assert title.startswith("Normalizing each feature"), f"no definition on hover: {title!r}"
+    assert title.startswith(start), f"no definition on hover: {title!r}"
