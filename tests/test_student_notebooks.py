@@ -70,6 +70,7 @@ def read(path: Path) -> nbformat.NotebookNode:
 
 INDEX = sn.BookIndex(
     base_url="https://example.org/bn/",
+    book_title="The BN book",
     equations={"alg-mean": "3.1", "alg-var": "3.2"},
     exercises={"ex-a": "3.1"},
     exercise_titles={"ex-a": "A first exercise"},

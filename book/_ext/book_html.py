@@ -28,6 +28,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 from docutils import nodes
+from editions import language
 from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.environment import BuildEnvironment
@@ -155,7 +156,7 @@ def _link_glossary_to_first_uses(app: Sphinx, doctree: nodes.document, docname: 
         uri = app.builder.get_relative_uri(docname, target) + "#" + anchor
         link = nodes.reference("", env.titles[target].astext(), refuri=uri,
                                classes=["first-use"])
-        para = nodes.paragraph("", "", nodes.emphasis("", INTRODUCED[app.config.language or "en"]),
+        para = nodes.paragraph("", "", nodes.emphasis("", INTRODUCED[language(app)]),
                                link)
         item.findall(nodes.definition).__next__().append(para)
 
@@ -204,7 +205,7 @@ def _write_markdown_sources(app: Sphinx, exception: Exception | None) -> None:
 
     The English edition only: the source is English (the Korean edition offers the Korean
     exercise notebook)."""
-    if exception is not None or app.builder.format != "html" or app.config.language != "en":
+    if exception is not None or app.builder.format != "html" or language(app) != "en":
         return
     for docname in app.env.found_docs:
         source = Path(app.env.doc2path(docname))
@@ -217,7 +218,7 @@ def _write_markdown_sources(app: Sphinx, exception: Exception | None) -> None:
 
 def _add_markdown_download(app: Sphinx, pagename: str, templatename: str, context: dict,
                            doctree) -> None:
-    if context.get("page_source_suffix") != ".ipynb" or app.config.language != "en":
+    if context.get("page_source_suffix") != ".ipynb" or language(app) != "en":
         return
     for group in context.get("header_buttons", []):
         if group.get("label") == "download-buttons":
@@ -251,7 +252,7 @@ def mark_korean(html: str) -> str:
 
 def _mark_korean(app: Sphinx, pagename: str, templatename: str, context: dict,
                  doctree) -> None:
-    if app.config.language == "ko":
+    if language(app) != "en":
         return  # the Korean edition's pages are lang="ko" as a whole
     if "body" in context and HANGUL.search(context["body"]):
         context["body"] = mark_korean(context["body"])

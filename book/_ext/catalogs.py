@@ -35,6 +35,7 @@ from pathlib import Path
 
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po, write_po
+from student_notebooks import ROLE, role_target  # one reading of MyST roles for the book
 
 ROOT = Path(__file__).resolve().parents[2]
 LANGUAGE = "ko"
@@ -90,16 +91,8 @@ def update(pot_dir: Path, language: str = LANGUAGE) -> None:
 
 # --------------------------------------------------------------------------- lint
 
-_ROLE = re.compile(r"\{(?P<role>[a-z][a-z-]*(?::[a-z-]+)?)\}`(?P<body>[^`]+)`")
 _INLINE_CODE = re.compile(r"(?<![}`])`(?P<code>[^`]+)`")
-_INLINE_MATH = re.compile(r"\$\$.*?\$\$|\$[^$\n]+\$", re.S)
 _LINK_TARGET = re.compile(r"\]\((?P<url>[^)\s]+)\)|https?://[^\s)>]+")
-
-
-def _target(body: str) -> tuple[str, str]:
-    """``"shown <target>"`` -> ``("shown", "target")``; ``"target"`` -> both the same."""
-    m = re.fullmatch(r"(?P<shown>.*?)\s*<(?P<target>[^<>]+)>", body, re.S)
-    return (m["shown"], m["target"]) if m else (body, body)
 
 
 def glossary_terms(language: str = LANGUAGE) -> dict[str, list[str]]:
@@ -124,12 +117,12 @@ def _references(text: str) -> Counter:
     """What must survive translation unchanged: roles (a term by its target), math, code and
     link targets."""
     found: Counter = Counter()
-    for m in _ROLE.finditer(text):
-        body = _target(m["body"])[1].lower() if m["role"] == "term" else m["body"]
+    for m in ROLE.finditer(text):
+        body = role_target(m["body"])[1].lower() if m["role"] == "term" else m["body"]
         found[f"{{{m['role']}}}{body}"] += 1
-    rest = _ROLE.sub(" ", text)
-    found.update(f"math {m.group(0)}" for m in _INLINE_MATH.finditer(rest))
-    rest = _INLINE_MATH.sub(" ", rest)
+    rest = ROLE.sub(" ", text)
+    found.update(f"math {m.group(0)}" for m in _MATH.finditer(rest))
+    rest = _MATH.sub(" ", rest)
     found.update(f"code {m['code']}" for m in _INLINE_CODE.finditer(rest))
     found.update(f"link {m.group(0).lstrip('](').rstrip(')')}" for m in _LINK_TARGET.finditer(rest))
     return found
@@ -139,7 +132,7 @@ def _emphasis(text: str) -> tuple[int, int]:
     """How many ``<em>`` and ``<strong>`` spans ``text`` renders to (math blanked out)."""
     from markdown_it import MarkdownIt
 
-    html = MarkdownIt("commonmark").renderInline(_INLINE_MATH.sub("x", text))
+    html = MarkdownIt("commonmark").renderInline(_MATH.sub("x", text))
     return html.count("<em>"), html.count("<strong>")
 
 
@@ -177,10 +170,10 @@ def lint(po: Path, terms: dict[str, list[str]] | None = None) -> list[str]:
                             "punctuation and a Korean letter (\"**`x`**는\"); move or space it")
         if _WORD.search(prose(msgid)) and not HANGUL.search(msgstr):
             problems.append(f"{where}: no Hangul in the translation")
-        for m in _ROLE.finditer(msgstr):
+        for m in ROLE.finditer(msgstr):
             if m["role"] != "term":
                 continue
-            shown, target = _target(m["body"])
+            shown, target = role_target(m["body"])
             names = terms.get(target.lower())
             if names is None:
                 problems.append(f"{where}: {{term}} to {target!r}, not in the glossary")

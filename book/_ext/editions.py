@@ -37,8 +37,7 @@ from sphinx.transforms import SphinxTransform
 from sphinx.util.i18n import docname_to_domain
 
 EDITIONS = {"en": ("English", ""), "ko": ("한국어", "ko/")}  # language: (name, path under html/)
-TITLES = {"en": "Batch Normalization, from scratch to fast",
-          "ko": "배치 정규화, 밑바닥부터 빠른 구현까지"}
+TITLES = {"ko": "배치 정규화, 밑바닥부터 빠른 구현까지"}  # English: _config.yml's title
 # The footer's licence line (_config.yml holds the English one)
 FOOTERS = {"ko": (
     '<p lang="ko">글은 <a href="{repo}/blob/main/LICENSE-TEXT">CC BY 4.0</a>, 코드(bnlib, 노트북의 '
@@ -47,6 +46,7 @@ HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
 
 def language(app: Sphinx) -> str:
+    """The edition being built: ``"en"`` or ``"ko"``."""
     return app.config.language or "en"
 
 
@@ -144,13 +144,12 @@ class TocCaptions(SphinxTransform):
     default_priority = 150
 
     def apply(self, **kwargs) -> None:
-        if (self.config.language or "en") == "en":
-            return
         toctrees = [n for n in self.document.findall(addnodes.toctree) if n.get("caption")]
-        catalog = page_catalog(self.app, self.env.docname) if toctrees else None
+        if language(self.app) == "en" or not toctrees:
+            return
+        catalog = page_catalog(self.app, self.env.docname)
         for toctree in toctrees if catalog is not None else []:
-            toctree["caption"] = catalog.gettext(toctree["caption"])
-            toctree["rawcaption"] = toctree["caption"]
+            toctree["caption"] = toctree["rawcaption"] = catalog.gettext(toctree["caption"])
 
 
 # --------------------------------------------------------------------------- the theme
@@ -224,7 +223,7 @@ def edition_config(language: str, execute: str | None = None) -> str:
 
     root = Path(__file__).resolve().parents[2]
     config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8"))
-    config["title"] = TITLES[language]
+    config["title"] = TITLES.get(language, config["title"])
     sphinx = config["sphinx"]
     sphinx["config"]["language"] = language
     sphinx["local_extensions"] = {name: str((root / path).resolve())

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from editions import language
 from sphinx.application import Sphinx
 from sphinx.util import logging
 
@@ -73,7 +74,7 @@ class BookIndex:
     """
 
     base_url: str
-    book_title: str = "Batch Normalization, from scratch to fast"
+    book_title: str  # _config.yml's title, in the edition's language
     equations: dict[str, str] = field(default_factory=dict)
     exercises: dict[str, str] = field(default_factory=dict)
     exercise_titles: dict[str, str] = field(default_factory=dict)
@@ -182,7 +183,7 @@ class Translation:
 # --------------------------------------------------------------------------- roles
 
 
-def _target(body: str) -> tuple[str, str]:
+def role_target(body: str) -> tuple[str, str]:
     """``"text <target>"`` -> ``(text, target)``; ``"target"`` -> ``(target, target)``."""
     m = re.fullmatch(r"(?P<text>.*?)\s*<(?P<target>[^<>]+)>", body, re.S)
     return (m["text"], m["target"]) if m else (body, body)
@@ -208,7 +209,7 @@ def convert_roles(text: str, index: BookIndex, docname: str, words: Words = WORD
     def one(m: re.Match) -> str:
         role, body = m["role"], m["body"]
         if role == "term":
-            shown, term = _target(body)
+            shown, term = role_target(body)
             anchor = index.terms.get(term.lower())
             if anchor is None:
                 raise GenerationError(f"{docname}: unknown glossary term {term!r}")
@@ -220,13 +221,13 @@ def convert_roles(text: str, index: BookIndex, docname: str, words: Words = WORD
         if role in ("cite:p", "cite:t"):
             return _cite(body, index, textual=role == "cite:t")
         if role == "doc":
-            shown, target = _target(body)
+            shown, target = role_target(body)
             doc = str(Path(docname).parent / target) if "/" not in target else target
             if doc not in index.titles:
                 raise GenerationError(f"{docname}: unknown document {target!r}")
             return f"[{index.titles[doc] if shown == target else shown}]({index.url(doc)})"
         if role in ("numref", "ref"):
-            shown, label = _target(body)
+            shown, label = role_target(body)
             if label not in index.exercises:
                 raise GenerationError(f"{docname}: {{{role}}} to {label!r}, not an exercise")
             name = words.exercise.format(number=index.exercises[label])
@@ -499,10 +500,6 @@ def author_year(entry) -> tuple[str, str]:
 def chapters(app: Sphinx) -> list[str]:
     """Every notebook page of the book, as a document name (``book/03_bn_algorithm``)."""
     return sorted(d for d in app.env.found_docs if app.env.doc2path(d).endswith(".ipynb"))
-
-
-def language(app: Sphinx) -> str:
-    return app.config.language or "en"
 
 
 def folder(lang: str) -> str:
